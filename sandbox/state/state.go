@@ -56,6 +56,11 @@ type Env struct {
 	Workspace     string `json:"workspace"`      // where the env's copy lives
 	WorkspaceMode string `json:"workspace_mode"` // overlay, reflink or copy
 
+	// ComposeFiles and EnvFiles come from .cilo/config.yml (relative to
+	// the workspace); empty means docker compose's default lookup.
+	ComposeFiles []string `json:"compose_files,omitempty"`
+	EnvFiles     []string `json:"env_files,omitempty"`
+
 	Services []Service `json:"services,omitempty"`
 
 	Intent *Intent `json:"intent,omitempty"`

@@ -1,0 +1,100 @@
+package nsnet
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// NetnsDir is where named network namespaces are bind-mounted, as iproute2
+// does, so that they outlive the process that made them and `ip netns`
+// lists them.
+const NetnsDir = "/run/netns"
+
+// NetnsPath is the bind mount of the named namespace.
+func NetnsPath(name string) string { return filepath.Join(NetnsDir, name) }
+
+// CreateNetns makes a new network namespace and pins it at NetnsPath(name).
+// It fails if the name is taken.
+func CreateNetns(name string) error {
+	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", NetnsDir, err)
+	}
+	path := NetnsPath(name)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("create netns %s: %w", name, err)
+	}
+	f.Close()
+
+	// unshare moves the calling thread into the new namespace. The
+	// goroutine keeps its thread locked and exits, so the Go runtime
+	// retires that thread instead of reusing it in the wrong namespace.
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare network namespace: %w", err)
+			return
+		}
+		self := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
+		if err := unix.Mount(self, path, "", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("pin network namespace at %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return fmt.Errorf("create netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// DeleteNetns unpins the named namespace; the kernel frees it, and the veth
+// ends inside it, once no process uses it. A missing namespace is not an
+// error.
+func DeleteNetns(name string) error {
+	path := NetnsPath(name)
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount netns %s: %w", name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// NetnsExists reports whether the named namespace is pinned.
+func NetnsExists(name string) bool {
+	var st, parent unix.Statfs_t
+	if unix.Statfs(NetnsPath(name), &st) != nil || unix.Statfs(NetnsDir, &parent) != nil {
+		return false
+	}
+	return st.Type == unix.NSFS_MAGIC
+}
+
+// InNetns runs fn on a thread that has joined the named namespace. The
+// thread is retired afterwards rather than returned to the scheduler.
+func InNetns(name string, fn func() error) error {
+	f, err := os.Open(NetnsPath(name))
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", name, err)
+	}
+	defer f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", name, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
