@@ -77,7 +77,7 @@ func (n *Network) Allocate(used func(int) bool) (int, error) {
 // hostPrefixes lists the IPv4 destinations and addresses on the host that are
 // not cilo's own, i.e. what an env subnet must not overlap.
 func (n *Network) hostPrefixes() ([]netip.Prefix, error) {
-	links, err := netlink.LinkList()
+	links, err := retryDump(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list host links: %w", err)
 	}
@@ -87,7 +87,9 @@ func (n *Network) hostPrefixes() ([]netip.Prefix, error) {
 			ours[l.Attrs().Index] = true
 		}
 	}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list host routes: %w", err)
 	}
@@ -103,7 +105,7 @@ func (n *Network) hostPrefixes() ([]netip.Prefix, error) {
 			taken = append(taken, p)
 		}
 	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("list host addresses: %w", err)
 	}
@@ -311,7 +313,7 @@ func (n *Network) Exists(l Link) bool {
 
 // Links lists the names of cilo's interfaces on the host, for doctor.
 func (n *Network) Links() ([]string, error) {
-	links, err := netlink.LinkList()
+	links, err := retryDump(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list host links: %w", err)
 	}
@@ -366,4 +368,15 @@ func writeSysctl(path, value string) error {
 		return fmt.Errorf("set %s=%s: %w", strings.TrimPrefix(path, "/proc/sys/"), value, err)
 	}
 	return nil
+}
+
+// retryDump repeats a netlink dump that the kernel interrupted because the
+// table changed meanwhile (other cilo processes create envs in parallel).
+func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+	for i := 0; ; i++ {
+		out, err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 20 {
+			return out, err
+		}
+	}
 }

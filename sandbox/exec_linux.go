@@ -1,0 +1,247 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/sandbox/state"
+)
+
+// RunRequest is a command to run inside an env.
+type RunRequest struct {
+	Argv []string
+	// Dir is the caller's working directory; when it lies inside the
+	// project, the command starts in the same place inside the workspace.
+	Dir    string
+	Stdin  *os.File
+	Stdout *os.File
+	Stderr *os.File
+	Env    []string    // the caller's environment; CILO_* are added
+	User   *Credential // run as this user (the sudo caller); nil: as cilo
+	Rm     bool        // destroy the env when the command exits
+}
+
+// Credential is the user a command runs as.
+type Credential struct {
+	UID, GID uint32
+	Groups   []uint32
+	Name     string
+	Home     string
+}
+
+// SudoCredential returns the user who invoked cilo through sudo, or nil
+// when cilo was not started by sudo (or by root through sudo).
+func SudoCredential(getenv func(string) string) (*Credential, error) {
+	suid, sgid := getenv("SUDO_UID"), getenv("SUDO_GID")
+	if suid == "" || os.Geteuid() != 0 {
+		return nil, nil
+	}
+	uid, err := strconv.ParseUint(suid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("SUDO_UID %q: %w", suid, err)
+	}
+	gid, err := strconv.ParseUint(sgid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("SUDO_GID %q: %w", sgid, err)
+	}
+	if uid == 0 {
+		return nil, nil
+	}
+	c := &Credential{UID: uint32(uid), GID: uint32(gid), Name: getenv("SUDO_USER")}
+	if u, err := user.LookupId(suid); err == nil {
+		c.Name, c.Home = u.Username, u.HomeDir
+		if gids, err := u.GroupIds(); err == nil {
+			for _, g := range gids {
+				if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+					c.Groups = append(c.Groups, uint32(n))
+				}
+			}
+		}
+	}
+	return c, nil
+}
+
+// Run runs a command inside env name of project, creating the env and
+// starting its services first when needed, and returns the command's exit
+// status (128+N when a signal N ended it).
+func (m *Manager) Run(ctx context.Context, p *Project, name string, req RunRequest) (code int, err error) {
+	if len(req.Argv) == 0 {
+		return 0, errors.New("no command to run")
+	}
+	env, err := m.Up(ctx, p, name)
+	if err != nil {
+		return 0, err
+	}
+	if req.Rm {
+		defer func() {
+			if derr := m.Destroy(context.WithoutCancel(ctx), env.Project, env.Name); derr != nil {
+				err = errors.Join(err, fmt.Errorf("remove env after --rm: %w", derr))
+			}
+		}()
+	}
+	return m.Exec(ctx, env, p.Root, req)
+}
+
+// Exec runs the command in an env that is up.
+func (m *Manager) Exec(ctx context.Context, env *state.Env, sourceRoot string, req RunRequest) (int, error) {
+	path, err := exec.LookPath(req.Argv[0])
+	if err != nil {
+		return 127, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
+	}
+	cmd := &exec.Cmd{
+		Path:   path,
+		Args:   req.Argv,
+		Dir:    workDir(env.Workspace, sourceRoot, req.Dir),
+		Env:    m.commandEnv(env, req),
+		Stdin:  req.Stdin,
+		Stdout: req.Stdout,
+		Stderr: req.Stderr,
+	}
+	if req.User != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
+			Uid: req.User.UID, Gid: req.User.GID, Groups: req.User.Groups,
+		}}
+	}
+
+	// Catch signals before the child exists, so none is lost in between.
+	sigc := make(chan os.Signal, 16)
+	signal.Notify(sigc, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
+	defer signal.Stop(sigc)
+
+	if err := m.startInEnv(env, cmd); err != nil {
+		return 126, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
+	}
+	done := make(chan struct{})
+	defer close(done)
+	tty := req.Stdin != nil && isTerminal(req.Stdin)
+	go func() {
+		for {
+			select {
+			case s := <-sigc:
+				// A terminal already sends ^C and ^\ to the whole
+				// foreground group, the command included.
+				if tty && (s == unix.SIGINT || s == unix.SIGQUIT) {
+					continue
+				}
+				cmd.Process.Signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	err = cmd.Wait()
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok {
+		return 1, err
+	}
+	if ws.Signaled() {
+		return 128 + int(ws.Signal()), nil
+	}
+	return ws.ExitStatus(), nil
+}
+
+// startInEnv starts cmd from a thread that has joined the env's network
+// namespace and a private mount namespace holding the env's resolv.conf
+// and hosts, as `ip netns exec` does. The child inherits both; the thread
+// is retired afterwards, never reused by the Go scheduler.
+func (m *Manager) startInEnv(env *state.Env, cmd *exec.Cmd) error {
+	nsf, err := os.Open(nsnet.NetnsPath(env.Netns))
+	if err != nil {
+		return fmt.Errorf("open netns of env %q: %w", env.Name, err)
+	}
+	defer nsf.Close()
+	runDir := m.cfg.EnvRunDir(env.Project, env.Name)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		errc <- func() error {
+			if err := unix.Setns(int(nsf.Fd()), unix.CLONE_NEWNET); err != nil {
+				return fmt.Errorf("enter netns: %w", err)
+			}
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return fmt.Errorf("unshare mount namespace: %w", err)
+			}
+			if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+				return fmt.Errorf("make mounts private: %w", err)
+			}
+			for _, f := range []string{"resolv.conf", "hosts"} {
+				err := unix.Mount(filepath.Join(runDir, f), filepath.Join("/etc", f), "", unix.MS_BIND, "")
+				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("bind env's %s over /etc/%s: %w", f, f, err)
+				}
+			}
+			// /sys/class/net should show the env's interfaces, as
+			// under ip netns exec; a host without sysfs keeps the old.
+			if unix.Unmount("/sys", unix.MNT_DETACH) == nil {
+				unix.Mount(env.Netns, "/sys", "sysfs", 0, "")
+			}
+			return cmd.Start()
+		}()
+	}()
+	return <-errc
+}
+
+func (m *Manager) commandEnv(env *state.Env, req RunRequest) []string {
+	vars := map[string]string{
+		"CILO_ENV":        env.Name,
+		"CILO_PROJECT":    env.Project,
+		"CILO_WORKSPACE":  env.Workspace,
+		"CILO_BASE_URL":   "http://" + baseHost(env, m.cfg.DNSSuffix),
+		"CILO_DNS_SUFFIX": m.cfg.DNSSuffix,
+		"CILO_IP":         env.IP.String(),
+		"CILO_MODE":       "netns",
+	}
+	if u := req.User; u != nil {
+		vars["USER"], vars["LOGNAME"] = u.Name, u.Name
+		if u.Home != "" {
+			vars["HOME"] = u.Home
+		}
+	}
+	out := make([]string, 0, len(req.Env)+len(vars))
+	for _, kv := range req.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := vars[k]; !ok {
+			out = append(out, kv)
+		}
+	}
+	for k, v := range vars {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+// workDir maps the caller's directory inside the source tree to the same
+// place in the workspace; anywhere else starts at the workspace root.
+func workDir(workspace, sourceRoot, dir string) string {
+	if dir == "" || sourceRoot == "" {
+		return workspace
+	}
+	rel, err := filepath.Rel(sourceRoot, dir)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return workspace
+	}
+	sub := filepath.Join(workspace, rel)
+	if fi, err := os.Stat(sub); err == nil && fi.IsDir() {
+		return sub
+	}
+	return workspace
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
