@@ -154,7 +154,7 @@ func WriteArchive(w io.Writer, s Spec) error {
 			"digest":    manifestDigest,
 			"size":      len(manifest),
 			"annotations": map[string]string{
-				"io.containerd.image.name":        full,
+				"io.containerd.image.name":          full,
 				"org.opencontainers.image.ref.name": tag,
 			},
 		}},
