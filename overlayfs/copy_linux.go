@@ -1,0 +1,473 @@
+package overlayfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// entry is one filesystem object found by a walk of a tree.
+type entry struct {
+	rel  string // slash-separated path below the walked root, "" for the root
+	st   unix.Stat_t
+	link string // hardlink: rel of the first path of the same inode
+}
+
+func (e *entry) typ() uint32 { return e.st.Mode & unix.S_IFMT }
+
+// walkResult is a whole tree as seen by [walkTree].
+type walkResult struct {
+	entries []*entry // parents before children
+	files   int
+	bytes   int64
+	skipped []string // sockets, FIFOs and devices, left out of every copy
+}
+
+// walkTree lists root depth-first without following symlinks. Excluded
+// paths are not descended into, and special files are recorded in skipped
+// instead of entries so that no copy ever opens a FIFO (which would hang).
+func walkTree(ctx context.Context, root string, ex *excluder) (*walkResult, error) {
+	res := &walkResult{}
+	var rootEnt entry
+	if err := unix.Lstat(root, &rootEnt.st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", root, err)
+	}
+	if rootEnt.typ() != unix.S_IFDIR {
+		return nil, fmt.Errorf("source %s: not a directory", root)
+	}
+	res.entries = append(res.entries, &rootEnt)
+	inodes := map[[2]uint64]string{}
+	var walk func(dir, rel string) error
+	walk = func(dir, rel string) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		f, err := os.Open(dir)
+		if err != nil {
+			return fmt.Errorf("read directory %s: %w", dir, err)
+		}
+		names, err := f.Readdirnames(-1)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("read directory %s: %w", dir, err)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			p := dir + "/" + name
+			r := name
+			if rel != "" {
+				r = rel + "/" + name
+			}
+			e := &entry{rel: r}
+			if err := unix.Lstat(p, &e.st); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue // removed while we walked
+				}
+				return fmt.Errorf("stat %s: %w", p, err)
+			}
+			isDir := e.typ() == unix.S_IFDIR
+			if ex.match(r, isDir) {
+				continue
+			}
+			switch e.typ() {
+			case unix.S_IFDIR:
+				res.entries = append(res.entries, e)
+				if err := walk(p, r); err != nil {
+					return err
+				}
+			case unix.S_IFREG:
+				if e.st.Nlink > 1 {
+					k := [2]uint64{e.st.Dev, e.st.Ino}
+					if first, ok := inodes[k]; ok {
+						e.link = first
+					} else {
+						inodes[k] = r
+					}
+				}
+				if e.link == "" {
+					res.files++
+					res.bytes += e.st.Size
+				}
+				res.entries = append(res.entries, e)
+			case unix.S_IFLNK:
+				res.entries = append(res.entries, e)
+			default:
+				res.skipped = append(res.skipped, r)
+			}
+		}
+		return nil
+	}
+	if err := walk(root, ""); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// copier copies entries from one tree to another, preserving modes,
+// ownership, timestamps, symlinks and hardlinks. Regular files are cloned
+// with FICLONE while the filesystem allows it and copied with
+// copy_file_range otherwise, by several workers at once: on small files the
+// cost is syscalls, not bandwidth, so parallelism pays even on 2 cores.
+type copier struct {
+	src, dst string
+	reflink  atomic.Int32 // 0 untried, 1 works, -1 unavailable
+	noClone  bool
+	asRoot   bool
+
+	doneFiles atomic.Int64
+	doneBytes atomic.Int64
+}
+
+func newCopier(src, dst string, tryReflink bool) *copier {
+	c := &copier{src: src, dst: dst, noClone: !tryReflink, asRoot: os.Geteuid() == 0}
+	return c
+}
+
+// reflinked reports whether at least one file was cloned and none copied.
+func (c *copier) reflinked() bool { return c.reflink.Load() == 1 }
+
+func (c *copier) srcPath(rel string) string { return join(c.src, rel) }
+func (c *copier) dstPath(rel string) string { return join(c.dst, rel) }
+
+func join(root, rel string) string {
+	if rel == "" {
+		return root
+	}
+	return root + "/" + rel
+}
+
+// copyTree copies every entry of w into c.dst, which must exist and be
+// empty. Directory metadata is applied last, deepest first, so read-only
+// directories can still be filled and their mtimes survive.
+func (c *copier) copyTree(ctx context.Context, w *walkResult, prog *progress) error {
+	var dirs, work, links []*entry
+	for _, e := range w.entries {
+		switch {
+		case e.typ() == unix.S_IFDIR:
+			dirs = append(dirs, e)
+		case e.link != "":
+			links = append(links, e)
+		default:
+			work = append(work, e)
+		}
+	}
+	for _, d := range dirs[1:] {
+		if err := unix.Mkdir(c.dstPath(d.rel), 0o700); err != nil {
+			return fmt.Errorf("create directory %s: %w", c.dstPath(d.rel), err)
+		}
+	}
+	if err := c.parallel(ctx, work, prog); err != nil {
+		return err
+	}
+	for _, l := range links {
+		if err := unix.Link(c.dstPath(l.link), c.dstPath(l.rel)); err != nil {
+			// Hardlinks are kept "where possible": a copy is still correct.
+			if err := c.copyEntry(l); err != nil {
+				return err
+			}
+		}
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := c.setMeta(c.dstPath(dirs[i].rel), &dirs[i].st, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *copier) parallel(ctx context.Context, work []*entry, prog *progress) error {
+	n := 4 * runtime.NumCPU()
+	if n > 16 {
+		n = 16
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg      sync.WaitGroup
+		once    sync.Once
+		first   error
+		next    atomic.Int64
+		stopped = ctx.Done()
+	)
+	fail := func(err error) {
+		once.Do(func() { first = err; cancel() })
+	}
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stopped:
+					return
+				default:
+				}
+				j := int(next.Add(1)) - 1
+				if j >= len(work) {
+					return
+				}
+				if err := c.copyEntry(work[j]); err != nil {
+					fail(err)
+					return
+				}
+				prog.tick(c)
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
+
+func (c *copier) copyEntry(e *entry) error {
+	dst := c.dstPath(e.rel)
+	switch e.typ() {
+	case unix.S_IFLNK:
+		target, err := os.Readlink(c.srcPath(e.rel))
+		if err != nil {
+			return fmt.Errorf("read symlink %s: %w", c.srcPath(e.rel), err)
+		}
+		if err := unix.Symlink(target, dst); err != nil {
+			return fmt.Errorf("create symlink %s: %w", dst, err)
+		}
+		return c.setMeta(dst, &e.st, true)
+	case unix.S_IFREG:
+		if err := c.copyFile(c.srcPath(e.rel), dst, &e.st); err != nil {
+			return err
+		}
+		c.doneFiles.Add(1)
+		c.doneBytes.Add(e.st.Size)
+		return nil
+	}
+	return nil
+}
+
+func (c *copier) copyFile(src, dst string, st *unix.Stat_t) error {
+	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	in, err := unix.Open(src, flags|unix.O_NOATIME, 0)
+	if errors.Is(err, unix.EPERM) {
+		in, err = unix.Open(src, flags, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", src, err)
+	}
+	defer unix.Close(in)
+	out, err := unix.Open(dst, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", dst, err)
+	}
+	if err := c.fill(in, out, st.Size); err != nil {
+		unix.Close(out)
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	if err := c.setMetaFd(out, dst, st); err != nil {
+		unix.Close(out)
+		return err
+	}
+	if err := unix.Close(out); err != nil {
+		return fmt.Errorf("close %s: %w", dst, err)
+	}
+	return nil
+}
+
+// fill writes the contents of in to the empty file out.
+func (c *copier) fill(in, out int, size int64) error {
+	if size == 0 {
+		return nil
+	}
+	if !c.noClone && c.reflink.Load() >= 0 {
+		err := unix.IoctlFileClone(out, in)
+		if err == nil {
+			c.reflink.CompareAndSwap(0, 1)
+			return nil
+		}
+		if !cloneUnsupported(err) {
+			return err
+		}
+		c.reflink.Store(-1)
+	}
+	var done int64
+	for done < size {
+		n, err := unix.CopyFileRange(in, nil, out, nil, int(min(size-done, 1<<30)), 0)
+		if err != nil {
+			if done == 0 && (errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) ||
+				errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)) {
+				return plainCopy(in, out)
+			}
+			return err
+		}
+		if n == 0 {
+			break // file shrank while we copied
+		}
+		done += int64(n)
+	}
+	return nil
+}
+
+func cloneUnsupported(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EXDEV) ||
+		errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.ENOSYS)
+}
+
+func plainCopy(in, out int) error {
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := unix.Read(in, buf)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		for p := buf[:n]; len(p) > 0; {
+			m, err := unix.Write(out, p)
+			if err != nil {
+				if errors.Is(err, unix.EINTR) {
+					continue
+				}
+				return err
+			}
+			p = p[m:]
+		}
+	}
+}
+
+// setMetaFd applies ownership, mode and timestamps to an open regular file.
+// Ownership goes first because chown clears the setuid and setgid bits.
+func (c *copier) setMetaFd(fd int, path string, st *unix.Stat_t) error {
+	if c.asRoot {
+		if err := unix.Fchown(fd, int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("chown %s: %w", path, err)
+		}
+	}
+	if err := unix.Fchmod(fd, st.Mode&0o7777); err != nil {
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	ts := []unix.Timespec{st.Atim, st.Mtim}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, 0); err != nil {
+		return fmt.Errorf("set times of %s: %w", path, err)
+	}
+	return nil
+}
+
+// setMeta applies ownership, mode and timestamps to a path; symlinks have
+// no mode of their own.
+func (c *copier) setMeta(path string, st *unix.Stat_t, symlink bool) error {
+	return setMeta(path, st, symlink, c.asRoot)
+}
+
+func setMeta(path string, st *unix.Stat_t, symlink, asRoot bool) error {
+	if asRoot {
+		if err := unix.Fchownat(unix.AT_FDCWD, path, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("chown %s: %w", path, err)
+		}
+	}
+	flags := 0
+	if symlink {
+		flags = unix.AT_SYMLINK_NOFOLLOW
+	} else if err := unix.Chmod(path, st.Mode&0o7777); err != nil {
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	ts := []unix.Timespec{st.Atim, st.Mtim}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, flags); err != nil {
+		return fmt.Errorf("set times of %s: %w", path, err)
+	}
+	return nil
+}
+
+// progress reports a long copy on a terminal: nothing for copies that end
+// within a second, one rewritten line otherwise.
+type progress struct {
+	w     io.Writer
+	what  string
+	files int
+	bytes int64
+	start time.Time
+
+	mu    sync.Mutex
+	last  time.Time
+	shown bool
+}
+
+func newProgress(w io.Writer, what string, wr *walkResult) *progress {
+	if w == nil || !isTerminal(w) {
+		return nil
+	}
+	now := time.Now()
+	return &progress{w: w, what: what, files: wr.files, bytes: wr.bytes, start: now, last: now}
+}
+
+func (p *progress) tick(c *copier) {
+	if p == nil {
+		return
+	}
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if now.Sub(p.start) < time.Second || now.Sub(p.last) < 200*time.Millisecond {
+		return
+	}
+	p.last = now
+	p.shown = true
+	fmt.Fprintf(p.w, "\r%s: %d/%d files, %d/%d MB", p.what, c.doneFiles.Load(), p.files,
+		c.doneBytes.Load()>>20, p.bytes>>20)
+}
+
+func (p *progress) finish(c *copier) {
+	if p == nil || !p.shown {
+		return
+	}
+	fmt.Fprintf(p.w, "\r%s: %d files, %d MB in %s\n", p.what, c.doneFiles.Load(),
+		c.doneBytes.Load()>>20, time.Since(p.start).Round(100*time.Millisecond))
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// snapshotTree copies src into dst (created here) and reports whether every
+// regular file was reflinked. On any error dst is removed.
+func snapshotTree(ctx context.Context, src, dst string, ex *excluder, tryReflink bool, progOut io.Writer, logf func(string, ...any)) (w *walkResult, reflinked bool, err error) {
+	w, err = walkTree(ctx, src, ex)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, s := range w.skipped {
+		logf("snapshot %s: skipping %q: sockets, FIFOs and devices are not copied", src, s)
+	}
+	if err := os.Mkdir(dst, 0o700); err != nil {
+		return nil, false, fmt.Errorf("create snapshot directory: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dst)
+		}
+	}()
+	c := newCopier(src, dst, tryReflink)
+	prog := newProgress(progOut, "snapshot "+filepath.Base(src), w)
+	if err := c.copyTree(ctx, w, prog); err != nil {
+		return nil, false, fmt.Errorf("snapshot %s: %w", src, err)
+	}
+	prog.finish(c)
+	return w, c.reflinked(), nil
+}

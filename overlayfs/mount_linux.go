@@ -1,0 +1,135 @@
+package overlayfs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// mountSource names cilo's overlay mounts in /proc/self/mountinfo, so that
+// doctor can tell them from everyone else's.
+const mountSource = "cilo-workspace"
+
+// overlayOptions builds the mount data. Redirects, metacopy and the inode
+// index stay off: with them a renamed directory or a chmod would be recorded
+// as xattrs that Diff could not read as plain added or modified files.
+func overlayOptions(layers []string, upper, work string) (string, error) {
+	data := "lowerdir=" + strings.Join(layers, ":") + ",upperdir=" + upper + ",workdir=" + work +
+		",index=off,redirect_dir=off,metacopy=off"
+	if len(data) >= unix.Getpagesize() {
+		return "", fmt.Errorf("overlay options for %d layers: %d bytes, over the kernel's page limit", len(layers), len(data))
+	}
+	return data, nil
+}
+
+func mountOverlay(layers []string, upper, work, target string) error {
+	data, err := overlayOptions(layers, upper, work)
+	if err != nil {
+		return err
+	}
+	if err := unix.Mount(mountSource, target, "overlay", unix.MS_NOATIME, data); err != nil {
+		return fmt.Errorf("mount overlay at %s: %w", target, err)
+	}
+	return nil
+}
+
+const overlaySuperMagic = 0x794c7630
+
+// isOverlayMounted reports whether an overlay is mounted at dir: the mount
+// point itself lives on the root's filesystem, so seeing overlayfs there
+// means our mount is in place.
+func isOverlayMounted(dir string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return false
+	}
+	return st.Type == overlaySuperMagic
+}
+
+// unmount unmounts dir if an overlay is mounted there. detach falls back to
+// a lazy unmount when processes still use it.
+func unmount(dir string, detach bool) error {
+	if !isOverlayMounted(dir) {
+		return nil
+	}
+	err := unix.Unmount(dir, 0)
+	if errors.Is(err, unix.EBUSY) && detach {
+		err = unix.Unmount(dir, unix.MNT_DETACH)
+	}
+	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", dir, err)
+	}
+	return nil
+}
+
+// probeOverlay mounts a throwaway overlay under dir to learn whether this
+// host (kernel, privileges, the root's filesystem as upper) supports it.
+func probeOverlay(dir string) error {
+	p, err := os.MkdirTemp(dir, "probe-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(p)
+	for _, d := range []string{"l", "u", "w", "m"} {
+		if err := os.Mkdir(filepath.Join(p, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := mountOverlay([]string{p + "/l"}, p+"/u", p+"/w", p+"/m"); err != nil {
+		return err
+	}
+	return unmount(p+"/m", true)
+}
+
+// flock takes an exclusive lock on path, creating it, and returns the
+// unlock function.
+func flock(path string, nonBlock bool) (func(), error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	how := unix.LOCK_EX
+	if nonBlock {
+		how |= unix.LOCK_NB
+	}
+	for {
+		err = unix.Flock(fd, how)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// makeWhiteout records in an overlay layer that rel was deleted.
+func makeWhiteout(path string) error {
+	if err := unix.Mknod(path, unix.S_IFCHR, 0); err != nil {
+		return fmt.Errorf("create whiteout %s: %w", path, err)
+	}
+	return nil
+}
+
+func isWhiteout(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0
+}
+
+// isOpaque reports a directory of an upper layer that hides everything of
+// the same name below it (the directory was removed and made again).
+func isOpaque(path string) bool {
+	buf := make([]byte, 8)
+	for _, name := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
+		n, err := unix.Lgetxattr(path, name, buf)
+		if err == nil && n == 1 && buf[0] == 'y' {
+			return true
+		}
+	}
+	return false
+}
