@@ -96,17 +96,50 @@ func (m *Manager) Run(ctx context.Context, p *Project, name string, req RunReque
 	return m.Exec(ctx, env, p.Root, req)
 }
 
-// Exec runs the command in an env that is up.
+// Exec runs the command in an env that is up. Unless req.Rm asks cilo to
+// outlive the command, cilo replaces itself with the command, as `ip netns
+// exec` does: signals, the terminal and the exit status are the command's
+// own, and nothing is left in between. With req.Rm cilo starts the command
+// as its child, forwards signals to it and returns its status.
 func (m *Manager) Exec(ctx context.Context, env *state.Env, sourceRoot string, req RunRequest) (int, error) {
 	path, err := exec.LookPath(req.Argv[0])
 	if err != nil {
 		return 127, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
 	}
+	dir := workDir(env.Workspace, sourceRoot, req.Dir)
+	vars := m.commandEnv(env, req)
+	if !req.Rm {
+		err := m.inEnv(env, func() error {
+			if err := unix.Chdir(dir); err != nil {
+				return fmt.Errorf("enter workspace %s: %w", dir, err)
+			}
+			if u := req.User; u != nil {
+				// Per-thread credential calls are enough: only
+				// this thread survives the exec.
+				groups := make([]int, len(u.Groups))
+				for i, g := range u.Groups {
+					groups[i] = int(g)
+				}
+				if err := unix.Setgroups(groups); err != nil {
+					return fmt.Errorf("set groups of %s: %w", u.Name, err)
+				}
+				if err := unix.Setresgid(int(u.GID), int(u.GID), int(u.GID)); err != nil {
+					return fmt.Errorf("set gid %d: %w", u.GID, err)
+				}
+				if err := unix.Setresuid(int(u.UID), int(u.UID), int(u.UID)); err != nil {
+					return fmt.Errorf("set uid %d: %w", u.UID, err)
+				}
+			}
+			return unix.Exec(path, req.Argv, vars)
+		})
+		return 126, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
+	}
+
 	cmd := &exec.Cmd{
 		Path:   path,
 		Args:   req.Argv,
-		Dir:    workDir(env.Workspace, sourceRoot, req.Dir),
-		Env:    m.commandEnv(env, req),
+		Dir:    dir,
+		Env:    vars,
 		Stdin:  req.Stdin,
 		Stdout: req.Stdout,
 		Stderr: req.Stderr,
@@ -116,13 +149,12 @@ func (m *Manager) Exec(ctx context.Context, env *state.Env, sourceRoot string, r
 			Uid: req.User.UID, Gid: req.User.GID, Groups: req.User.Groups,
 		}}
 	}
-
 	// Catch signals before the child exists, so none is lost in between.
 	sigc := make(chan os.Signal, 16)
 	signal.Notify(sigc, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
 	defer signal.Stop(sigc)
 
-	if err := m.startInEnv(env, cmd); err != nil {
+	if err := m.inEnv(env, cmd.Start); err != nil {
 		return 126, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
 	}
 	done := make(chan struct{})
@@ -154,11 +186,11 @@ func (m *Manager) Exec(ctx context.Context, env *state.Env, sourceRoot string, r
 	return ws.ExitStatus(), nil
 }
 
-// startInEnv starts cmd from a thread that has joined the env's network
-// namespace and a private mount namespace holding the env's resolv.conf
-// and hosts, as `ip netns exec` does. The child inherits both; the thread
-// is retired afterwards, never reused by the Go scheduler.
-func (m *Manager) startInEnv(env *state.Env, cmd *exec.Cmd) error {
+// inEnv runs fn on a thread that has joined the env's network namespace and
+// a private mount namespace holding the env's resolv.conf and hosts, as
+// `ip netns exec` does. A child started or a program exec'd by fn inherits
+// both. The thread is retired afterwards, never reused by the scheduler.
+func (m *Manager) inEnv(env *state.Env, fn func() error) error {
 	nsf, err := os.Open(nsnet.NetnsPath(env.Netns))
 	if err != nil {
 		return fmt.Errorf("open netns of env %q: %w", env.Name, err)
@@ -189,7 +221,7 @@ func (m *Manager) startInEnv(env *state.Env, cmd *exec.Cmd) error {
 			if unix.Unmount("/sys", unix.MNT_DETACH) == nil {
 				unix.Mount(env.Netns, "/sys", "sysfs", 0, "")
 			}
-			return cmd.Start()
+			return fn()
 		}()
 	}()
 	return <-errc

@@ -110,7 +110,7 @@ func TestTwoEnvsEachServeLocalhost3000(t *testing.T) {
 }
 
 func TestRunExitCodesArgsAndEnvironment(t *testing.T) {
-	w := newWorld(t, 24)
+	w := newWorld(t, 23)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
@@ -138,10 +138,19 @@ func TestRunExitCodesArgsAndEnvironment(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "--help -e x" {
 		t.Fatalf("echo dev --help -e x = %q, %v", out, err)
 	}
-	// A signal that kills the command shows as 128+N.
-	out, err = w.cilo(ctx, "", "run", "-e", "dev", "--", "sh", "-c", "kill -9 $$")
+	// cilo becomes the command, so a signal that kills the command kills
+	// "cilo" as the caller sees it; with --rm cilo outlives the command
+	// and reports 128+N, as a shell does.
+	_, err = w.cilo(ctx, "", "run", "-e", "dev", "--", "sh", "-c", "kill -9 $$")
+	if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("killed command: %v, want death by SIGKILL", err)
+	}
+	out, err = w.cilo(ctx, "", "run", "--rm", "-e", "dev-rm", "--", "sh", "-c", "kill -9 $$")
 	if exitCode(err) != 137 {
-		t.Fatalf("killed command: exit %d, want 137\n%s", exitCode(err), out)
+		t.Fatalf("killed command with --rm: exit %d, want 137\n%s", exitCode(err), out)
+	}
+	if _, err := w.cilo(ctx, "", "status", "dev-rm"); exitCode(err) != 1 {
+		t.Fatalf("env dev-rm survived --rm")
 	}
 	// Unknown commands: 127, like a shell.
 	out, err = w.cilo(ctx, "", "run", "-e", "dev", "--", "no-such-command-cilo")
@@ -159,11 +168,29 @@ func TestRunExitCodesArgsAndEnvironment(t *testing.T) {
 }
 
 func TestRunForwardsSignals(t *testing.T) {
-	w := newWorld(t, 24)
+	w := newWorld(t, 23)
 	w.mustCilo("create", "sig")
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGINT} {
-		t.Run(sig.String(), func(t *testing.T) {
-			args := append([]string{"run", "-e", "sig", "--"}, helperArgv("wait-signal")...)
+	tests := []struct {
+		name string
+		sig  syscall.Signal
+		rm   bool
+	}{
+		{"term", syscall.SIGTERM, false},
+		{"hup", syscall.SIGHUP, false},
+		{"usr1", syscall.SIGUSR1, false},
+		{"int", syscall.SIGINT, false},
+		{"term_forwarded_with_rm", syscall.SIGTERM, true},
+		{"int_forwarded_with_rm", syscall.SIGINT, true},
+		{"usr1_forwarded_with_rm", syscall.SIGUSR1, true},
+	}
+	for _, tt := range tests {
+		sig := tt.sig
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"run", "-e", "sig", "--"}
+			if tt.rm {
+				args = []string{"run", "--rm", "-e", "sig-rm", "--"}
+			}
+			args = append(args, helperArgv("wait-signal")...)
 			cmd := w.command(context.Background(), "", args...)
 			stdout, _ := cmd.StdoutPipe()
 			must(t, cmd.Start())
