@@ -1,0 +1,50 @@
+# cilo: run many isolated environments of one project side by side.
+# Every target that touches the kernel runs as root (sudo make ...).
+
+GO      ?= go
+BIN     := bin/cilo
+PKGS    := ./...
+FUZZTIME ?= 10s
+
+.PHONY: all build test unit bench demo lint fuzz setup clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/cilo
+
+# setup installs the Debian packages and starts containerd (idempotent).
+setup:
+	./scripts/setup.sh
+
+# test is the README's test command: set-up, then every test, root-only and
+# containerd-backed ones included.
+test: setup build
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 25m $(PKGS)
+
+# unit runs only what needs no root and no daemon.
+unit:
+	$(GO) test -count=1 -short $(PKGS)
+
+bench: setup build
+	$(GO) run ./test/bench -cilo $(BIN)
+
+demo: setup build
+	./scripts/demo.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# fuzz runs every fuzz target for FUZZTIME.
+fuzz:
+	@for pkg in $$($(GO) list $(PKGS)); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$f"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
+clean:
+	rm -rf bin
