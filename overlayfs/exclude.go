@@ -74,7 +74,13 @@ func compilePattern(g string) (pattern, error) {
 		}
 	}
 	if p.anchored {
-		p.segs = segs
+		// "**/**" is "**": collapsing keeps matching polynomial.
+		for _, seg := range segs {
+			if seg == "**" && len(p.segs) > 0 && p.segs[len(p.segs)-1] == "**" {
+				continue
+			}
+			p.segs = append(p.segs, seg)
+		}
 	} else {
 		p.name = s
 	}

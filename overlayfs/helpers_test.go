@@ -249,3 +249,5 @@ func readString(t *testing.T, p string) string {
 	}
 	return string(b)
 }
+
+func errorsIsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

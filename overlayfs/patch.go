@@ -209,7 +209,7 @@ func myers(a, b []string) []op {
 		return replaceAll(a, b)
 	}
 	off := max + 1
-	v := make([]int, 2*max+2)
+	v := make([]int, 2*max+3)
 	// trace[d] keeps v[-d-1..d+1] as it was before step d: all the
 	// backtrack needs, in O(D^2) memory instead of O(D*(N+M)).
 	var trace [][]int

@@ -1,0 +1,182 @@
+package overlayfs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// TestEditWhileMounted: editing the source never reaches mounted envs, and
+// the next env sees the edit through a thin layer, not a new snapshot.
+func TestEditWhileMounted(t *testing.T) {
+	requireRoot(t)
+	tests := []struct {
+		name   string
+		source func(t *testing.T) string
+	}{
+		{"git", gitSource},
+		{"plain_tree", func(t *testing.T) string {
+			src := filepath.Join(t.TempDir(), "plain")
+			writeFile(t, src, "README.md", "hello\n", 0o644)
+			writeFile(t, src, "main.go", "package main\n", 0o644)
+			writeFile(t, src, "docs/guide.md", "one\n", 0o644)
+			return src
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			src := tt.source(t)
+			m := newTestManager(t)
+			a, err := m.Create(ctx, "a", src, CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := m.Create(ctx, "b", src, CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(a.Layers) != fmt.Sprint(b.Layers) {
+				t.Fatalf("two envs of one state use different bases: %v, %v", a.Layers, b.Layers)
+			}
+			writeFile(t, src, "README.md", "edited\n", 0o644)
+			writeFile(t, src, "new/file.txt", "new\n", 0o644)
+			if err := os.RemoveAll(filepath.Join(src, "docs")); err != nil {
+				t.Fatal(err)
+			}
+			for _, ws := range []*Workspace{a, b} {
+				if got := readString(t, filepath.Join(ws.Path, "README.md")); got != "hello\n" {
+					t.Errorf("env %s sees the source edit: %q", ws.ID, got)
+				}
+				if _, err := os.Stat(filepath.Join(ws.Path, "new/file.txt")); !os.IsNotExist(err) {
+					t.Errorf("env %s sees a file added to the source: %v", ws.ID, err)
+				}
+				if _, err := os.Stat(filepath.Join(ws.Path, "docs/guide.md")); err != nil {
+					t.Errorf("env %s lost a file deleted from the source: %v", ws.ID, err)
+				}
+			}
+			c, err := m.Create(ctx, "c", src, CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := readString(t, filepath.Join(c.Path, "README.md")); got != "edited\n" {
+				t.Errorf("third env misses the edit: %q", got)
+			}
+			if got := readString(t, filepath.Join(c.Path, "new/file.txt")); got != "new\n" {
+				t.Errorf("third env misses the new file: %q", got)
+			}
+			if _, err := os.Stat(filepath.Join(c.Path, "docs")); !os.IsNotExist(err) {
+				t.Errorf("third env still has the deleted directory: %v", err)
+			}
+			if len(c.Layers) != 2 || c.Layers[1] != a.Layers[0] {
+				t.Errorf("third env layers = %v, want a thin layer over %v", c.Layers, a.Layers)
+			}
+			changes, err := m.Diff(ctx, "c")
+			if err != nil || len(changes) != 0 {
+				t.Errorf("fresh env diff = %v, %v; want nothing", changes, err)
+			}
+			// Destroying the old envs keeps the layer the new one stacks on.
+			for _, id := range []string{"a", "b"} {
+				if err := m.Remove(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := os.Stat(c.Layers[1]); err != nil {
+				t.Errorf("lower layer of a live env was collected: %v", err)
+			}
+			if err := m.Remove(ctx, "c"); err != nil {
+				t.Fatal(err)
+			}
+			if ents, _ := os.ReadDir(filepath.Join(m.root, dirBases)); len(ents) != 0 {
+				t.Errorf("%d bases left after the last env went", len(ents))
+			}
+		})
+	}
+}
+
+// TestConcurrentCreate: 20 creates of one source state at once share one
+// base and all work.
+func TestConcurrentCreate(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	src := gitSource(t)
+	root := filepath.Join(t.TempDir(), "root")
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	wss := make([]*Workspace, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A Manager per goroutine, as separate cilo processes would have.
+			m, err := New(root, WithLogf(t.Logf))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			wss[i], errs[i] = m.Create(ctx, fmt.Sprintf("env-%d", i), src, CreateOptions{})
+		}()
+	}
+	wg.Wait()
+	m, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cleanupManager(t, m) })
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("create %d: %v", i, err)
+		}
+		if got := readString(t, filepath.Join(wss[i].Path, "README.md")); got != "hello\n" {
+			t.Errorf("env %d README = %q", i, got)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, dirBases)); len(ents) != 1 {
+		t.Errorf("%d bases for one source state, want 1", len(ents))
+	}
+	if _, err := m.Create(ctx, "env-0", src, CreateOptions{}); err == nil {
+		t.Error("creating an existing id succeeded")
+	}
+}
+
+// TestEnsureRemounts: after an unmount (as after a reboot) Ensure brings the
+// workspace back with its changes.
+func TestEnsureRemounts(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	src := gitSource(t)
+	m := newTestManager(t)
+	ws, err := m.Create(ctx, "re", src, CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, ws.Path, "mine.txt", "kept\n", 0o644)
+	if err := m.Unmount(ctx, "re"); err != nil {
+		t.Fatal(err)
+	}
+	if isOverlayMounted(ws.Path) {
+		t.Fatal("still mounted after Unmount")
+	}
+	if _, err := m.Ensure(ctx, "re"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readString(t, filepath.Join(ws.Path, "mine.txt")); got != "kept\n" {
+		t.Errorf("change lost across remount: %q", got)
+	}
+	if _, err := m.Ensure(ctx, "re"); err != nil {
+		t.Fatalf("Ensure on a mounted workspace: %v", err)
+	}
+	if _, err := m.Get(ctx, "nope"); !errorsIsNotFound(err) {
+		t.Errorf("Get of a missing workspace = %v, want ErrNotFound", err)
+	}
+	if err := m.Remove(ctx, "re"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Remove(ctx, "re"); err != nil {
+		t.Errorf("second Remove: %v", err)
+	}
+}

@@ -1,0 +1,224 @@
+package overlayfs
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+const testUID = 4242
+
+// openUp makes every parent of p traversable, so a test can act as an
+// unprivileged owner inside t.TempDir (which is 0700).
+func openUp(t *testing.T, p string) {
+	t.Helper()
+	for d := p; d != "/" && d != "."; d = filepath.Dir(d) {
+		if strings.HasPrefix(d, os.TempDir()+"/") {
+			os.Chmod(d, 0o755)
+		}
+	}
+}
+
+func chownTree(t *testing.T, dir string, uid int) {
+	t.Helper()
+	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, uid)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gitAs runs git in dir as uid, as an agent inside an env would.
+func gitAs(t *testing.T, uid int, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", append([]string{"-C", dir, "-c", "user.email=agent@example.com", "-c", "user.name=agent"}, args...)...)
+	home := t.TempDir()
+	os.Chown(home, uid, uid)
+	openUp(t, home)
+	cmd.Env = append(gitEnv(), "HOME="+home)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %v in %s as %d: %v: %s", args, dir, uid, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func writeAs(t *testing.T, uid int, p, data string) {
+	t.Helper()
+	writeFile(t, filepath.Dir(p), filepath.Base(p), data, 0o644)
+	if err := os.Lchown(p, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSourceUntouched runs a whole env life on a user's repository with
+// dirty and untracked files and checks the source never changes, while
+// the env is a real repository whose commit comes home as a branch.
+func TestSourceUntouched(t *testing.T) {
+	requireRoot(t)
+	for _, mode := range []Mode{ModeOverlay, ModeCopy} {
+		t.Run(string(mode), func(t *testing.T) {
+			ctx := context.Background()
+			src := gitSource(t)
+			writeFile(t, src, "main.go", "package main\n\n// dirty\nfunc main() {}\n", 0o644)
+			writeFile(t, src, "notes/untracked.txt", "mine\n", 0o644)
+			chownTree(t, src, testUID)
+			openUp(t, src)
+			m := newTestManager(t, WithForceMode(mode))
+			openUp(t, m.root)
+			before := hashTree(t, src)
+			head := gitRun(t, src, "rev-parse", "HEAD")
+
+			ws, err := m.Create(ctx, "life", src, CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := readString(t, filepath.Join(ws.Path, "main.go")); !strings.Contains(got, "dirty") {
+				t.Errorf("workspace lacks the source's dirty edit: %q", got)
+			}
+			var st syscall.Stat_t
+			if err := syscall.Stat(ws.Path, &st); err != nil || st.Uid != testUID {
+				t.Fatalf("workspace root owner = %d (%v), want %d", st.Uid, err, testUID)
+			}
+			// Run: the agent edits, builds and commits as the user.
+			writeAs(t, testUID, filepath.Join(ws.Path, "feature.go"), "package main\n\nfunc feature() {}\n")
+			writeAs(t, testUID, filepath.Join(ws.Path, "docs/guide.md"), "one\nTWO\nthree\n")
+			if err := os.Remove(filepath.Join(ws.Path, "README.md")); err != nil {
+				t.Fatal(err)
+			}
+			gitAs(t, testUID, ws.Path, "add", "-A")
+			gitAs(t, testUID, ws.Path, "commit", "-qm", "agent work")
+			envHead := gitAs(t, testUID, ws.Path, "rev-parse", "HEAD")
+
+			changes, err := m.Diff(ctx, "life")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []Change{{"README.md", Deleted}, {"docs/guide.md", Modified}, {"feature.go", Added}}
+			if len(changes) != len(want) {
+				t.Fatalf("diff = %v, want %v", changes, want)
+			}
+			for i := range want {
+				if changes[i] != want[i] {
+					t.Errorf("diff[%d] = %v, want %v", i, changes[i], want[i])
+				}
+			}
+			var patch bytes.Buffer
+			if err := m.Patch(ctx, "life", &patch); err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range []string{"-two\n+TWO\n", "+++ b/feature.go", "deleted file mode 100644", "--- a/README.md\n+++ /dev/null"} {
+				if !strings.Contains(patch.String(), s) {
+					t.Errorf("patch lacks %q:\n%s", s, patch.String())
+				}
+			}
+			if err := m.Merge(ctx, "life", "cilo/life"); err != nil {
+				t.Fatal(err)
+			}
+			if got := gitRun(t, src, "rev-parse", "cilo/life"); got != envHead {
+				t.Errorf("branch cilo/life = %s, want the env's HEAD %s", got, envHead)
+			}
+			if got := gitRun(t, src, "rev-parse", "HEAD"); got != head {
+				t.Errorf("source HEAD moved: %s, was %s", got, head)
+			}
+			// What the merge wrote belongs to the repository's owner.
+			objs := filepath.Join(src, ".git", "objects", envHead[:2], envHead[2:])
+			if err := syscall.Stat(objs, &st); err == nil && st.Uid != testUID {
+				t.Errorf("fetched object owned by %d, want %d", st.Uid, testUID)
+			}
+			if err := m.Remove(ctx, "life"); err != nil {
+				t.Fatal(err)
+			}
+			if after := hashTree(t, src); after != before {
+				t.Errorf("source tree changed across the env's life")
+			}
+		})
+	}
+}
+
+// TestWorktreeSource makes an env of a linked worktree: the env commits in
+// its own git directory and the worktree's HEAD and index stay put.
+func TestWorktreeSource(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	main := gitSource(t)
+	wt := filepath.Join(t.TempDir(), "wt")
+	gitRun(t, main, "worktree", "add", "-q", "-b", "feature", wt)
+	writeFile(t, wt, "wip.txt", "work in progress\n", 0o644)
+	before := hashTree(t, wt)
+	mainBefore := hashTree(t, main)
+	m := newTestManager(t)
+	ws, err := m.Create(ctx, "wt", wt, CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Lstat(filepath.Join(ws.Path, ".git"))
+	if err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf(".git in workspace: %v, %v; want a file", fi, err)
+	}
+	if got := gitRun(t, ws.Path, "rev-parse", "--abbrev-ref", "HEAD"); got != "feature" {
+		t.Errorf("workspace branch = %q, want feature", got)
+	}
+	if got := gitRun(t, ws.Path, "status", "--porcelain"); got != "?? wip.txt" {
+		t.Errorf("workspace status = %q, want the untracked wip.txt", got)
+	}
+	writeFile(t, ws.Path, "done.txt", "done\n", 0o644)
+	gitRun(t, ws.Path, "add", "-A")
+	gitRun(t, ws.Path, "commit", "-qm", "from the env")
+	if err := m.Merge(ctx, "wt", "cilo/wt"); err != nil {
+		t.Fatal(err)
+	}
+	if got := gitRun(t, main, "log", "-1", "--format=%s", "cilo/wt"); got != "from the env" {
+		t.Errorf("merged branch tip = %q", got)
+	}
+	if err := m.Remove(ctx, "wt"); err != nil {
+		t.Fatal(err)
+	}
+	if hashTree(t, wt) != before {
+		t.Error("worktree changed")
+	}
+	if hashTree(t, main) != mainBefore {
+		t.Error("main repository's working tree, index or HEAD changed")
+	}
+}
+
+// TestMergeRefusesCheckedOutBranch: merge must never move the branch the
+// source has checked out.
+func TestMergeRefusesCheckedOutBranch(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	src := gitSource(t)
+	m := newTestManager(t)
+	ws, err := m.Create(ctx, "co", src, CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, ws.Path, "x.txt", "x\n", 0o644)
+	gitRun(t, ws.Path, "add", "-A")
+	gitRun(t, ws.Path, "commit", "-qm", "x")
+	head := gitRun(t, src, "rev-parse", "HEAD")
+	tests := []struct{ name, branch string }{
+		{"checked_out_branch", "main"},
+		{"invalid_name", "cilo/..bad"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := m.Merge(ctx, "co", tt.branch); err == nil {
+				t.Fatalf("merge into %q succeeded", tt.branch)
+			}
+			if got := gitRun(t, src, "rev-parse", "HEAD"); got != head {
+				t.Fatalf("source HEAD moved to %s", got)
+			}
+		})
+	}
+}
