@@ -46,12 +46,14 @@ func Mount(ctx context.Context, image string, size int64, fstype string, mkfsArg
 	if out, err := exec.CommandContext(ctx, "mkfs."+fstype, args...).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mkfs.%s %s: %w: %s", fstype, image, err, strings.TrimSpace(string(out)))
 	}
-	dev, err := attach(image)
+	dev, fd, err := attach(image)
 	if err != nil {
 		return nil, err
 	}
+	// Autoclear detaches the device when its last user goes: our descriptor
+	// until the mount holds it, the mount after.
+	defer unix.Close(fd)
 	if err := unix.Mount(dev, dir, fstype, 0, ""); err != nil {
-		detach(dev)
 		return nil, fmt.Errorf("mount %s (%s) at %s: %w", dev, image, dir, err)
 	}
 	return &FS{Dir: dir, Dev: dev, image: image}, nil
@@ -59,58 +61,51 @@ func Mount(ctx context.Context, image string, size int64, fstype string, mkfsArg
 
 // attach binds image to a free loop device with autoclear set: the device
 // lets go of the image once it is unmounted and no longer open.
-func attach(image string) (string, error) {
+func attach(image string) (string, int, error) {
 	img, err := unix.Open(image, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", fmt.Errorf("open image %s: %w", image, err)
+		return "", -1, fmt.Errorf("open image %s: %w", image, err)
 	}
 	defer unix.Close(img)
 	ctl, err := unix.Open("/dev/loop-control", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", fmt.Errorf("open loop control: %w", err)
+		return "", -1, fmt.Errorf("open loop control: %w", err)
 	}
 	defer unix.Close(ctl)
 	for try := 0; try < 20; try++ {
 		n, err := unix.IoctlRetInt(ctl, unix.LOOP_CTL_GET_FREE)
 		if err != nil {
-			return "", fmt.Errorf("find a free loop device: %w", err)
+			return "", -1, fmt.Errorf("find a free loop device: %w", err)
 		}
 		dev := fmt.Sprintf("/dev/loop%d", n)
 		if _, err := os.Stat(dev); errors.Is(err, os.ErrNotExist) {
 			// No udev here: make the node the kernel just allocated.
 			if err := unix.Mknod(dev, unix.S_IFBLK|0o660, int(unix.Mkdev(7, uint32(n)))); err != nil && !errors.Is(err, unix.EEXIST) {
-				return "", fmt.Errorf("create %s: %w", dev, err)
+				return "", -1, fmt.Errorf("create %s: %w", dev, err)
 			}
 		}
 		fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return "", fmt.Errorf("open %s: %w", dev, err)
+			return "", -1, fmt.Errorf("open %s: %w", dev, err)
 		}
 		cfg := unix.LoopConfig{Fd: uint32(img)}
 		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
 		copy(cfg.Info.File_name[:], filepath.Base(image))
 		err = unix.IoctlLoopConfigure(fd, &cfg)
-		unix.Close(fd)
+		if err != nil {
+			unix.Close(fd)
+		}
 		if errors.Is(err, unix.EBUSY) {
 			// Another process took this device between the two calls.
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
 		if err != nil {
-			return "", fmt.Errorf("configure %s for %s: %w", dev, image, err)
+			return "", -1, fmt.Errorf("configure %s for %s: %w", dev, image, err)
 		}
-		return dev, nil
+		return dev, fd, nil
 	}
-	return "", fmt.Errorf("attach %s: no free loop device", image)
-}
-
-func detach(dev string) {
-	fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(fd)
-	unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+	return "", -1, fmt.Errorf("attach %s: no free loop device", image)
 }
 
 // Close unmounts the filesystem and deletes its image. Anything still
