@@ -64,44 +64,25 @@ func (n *Network) Link(i int, netnsName string) Link {
 	}
 }
 
-// Allocate returns the lowest free pool index: not used by an env (used),
-// and not overlapping any route or address the host already has.
-func (n *Network) Allocate(used func(int) bool) (int, error) {
-	taken, err := n.hostPrefixes()
-	if err != nil {
-		return 0, err
-	}
-	return n.pool.Allocate(used, taken)
-}
-
-// hostPrefixes lists the IPv4 destinations and addresses on the host that are
-// not cilo's own, i.e. what an env subnet must not overlap.
-func (n *Network) hostPrefixes() ([]netip.Prefix, error) {
-	links, err := retryDump(netlink.LinkList)
-	if err != nil {
-		return nil, fmt.Errorf("list host links: %w", err)
-	}
-	ours := map[int]bool{}
-	for _, l := range links {
-		if n.owns(l.Attrs().Name) {
-			ours[l.Attrs().Index] = true
-		}
-	}
+// HostPrefixes lists the IPv4 routes and addresses of the host that lie
+// in or over the pool and are not cilo's own pool route: what an env
+// subnet must not overlap. Routes and addresses of cilo's own envs are in
+// the list too; callers skip them by index (see [Pool.Allocate]), which
+// spares a dump of every link on hosts with hundreds of envs.
+func (n *Network) HostPrefixes() ([]netip.Prefix, error) {
+	pool := n.pool.Prefix()
 	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list host routes: %w", err)
 	}
 	var taken []netip.Prefix
 	for _, r := range routes {
-		if r.Dst == nil || ours[r.LinkIndex] || r.Protocol == routeProtocol {
+		if r.Dst == nil || r.Protocol == routeProtocol {
 			continue
 		}
-		if r.Dst.IP.IsLoopback() || r.Table == unix.RT_TABLE_LOCAL {
-			continue
-		}
-		if p, ok := prefixOf(r.Dst); ok && p.Bits() > 0 {
+		if p, ok := prefixOf(r.Dst); ok && p.Bits() > 0 && p.Overlaps(pool) {
 			taken = append(taken, p)
 		}
 	}
@@ -110,10 +91,7 @@ func (n *Network) hostPrefixes() ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("list host addresses: %w", err)
 	}
 	for _, a := range addrs {
-		if ours[a.LinkIndex] {
-			continue
-		}
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && pool.Contains(ip) {
 			taken = append(taken, netip.PrefixFrom(ip, 32))
 		}
 	}

@@ -182,7 +182,11 @@ func TestAllocateSkipsHostRoutes(t *testing.T) {
 	if err := netlink.AddrAdd(d, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
 		t.Fatal(err)
 	}
-	i, err := n.Allocate(func(int) bool { return false })
+	taken, err := n.HostPrefixes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i, err := n.Pool().Allocate(func(int) bool { return false }, taken)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -196,8 +196,15 @@ func (m *Manager) Create(ctx context.Context, p *Project, name string) (*state.E
 // reserve records the env with status creating and its pool index, under
 // the state lock, so parallel creates never take the same subnet.
 func (m *Manager) reserve(ctx context.Context, p *Project, name string) (*state.Env, error) {
+	// The host's routes are read before taking the lock: envs created
+	// meanwhile are skipped by index, and the lock is held only for the
+	// state file.
+	taken, err := m.net.HostPrefixes()
+	if err != nil {
+		return nil, err
+	}
 	var env *state.Env
-	err := m.store.Update(ctx, func(st *state.State) error {
+	err = m.store.Update(ctx, func(st *state.State) error {
 		key := state.Key(p.Name, name)
 		if old, ok := st.Envs[key]; ok {
 			return fmt.Errorf("env %q of project %s (%s): %w", name, p.Name, old.Status, ErrExists)
@@ -206,7 +213,7 @@ func (m *Manager) reserve(ctx context.Context, p *Project, name string) (*state.
 		for _, e := range st.Envs {
 			used[e.Index] = true
 		}
-		i, err := m.net.Allocate(func(i int) bool { return used[i] })
+		i, err := m.net.Pool().Allocate(func(i int) bool { return used[i] }, taken)
 		if err != nil {
 			return fmt.Errorf("create env %q: %w", name, err)
 		}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilo-dev/cilo/nsnet"
+)
+
+// coreGroup measures the env core: the cost of running a command in an
+// existing env against `ip netns exec`, and creating 250 envs.
+func coreGroup() Group {
+	return Group{Name: "core", Command: "sudo go run ./test/bench -only core", Run: runCore}
+}
+
+// benchWorld is a private cilo installation for one benchmark group: its
+// own state root, prefix and pool, torn down afterwards.
+type benchWorld struct {
+	env     *Env
+	root    string
+	project string
+	prefix  string
+	pool    netip.Prefix
+	vars    []string
+}
+
+func newBenchWorld(env *Env, prefix, pool string) (*benchWorld, error) {
+	root, err := os.MkdirTemp("/var/tmp", "cilo-bench-"+prefix+"-")
+	if err != nil {
+		return nil, err
+	}
+	w := &benchWorld{env: env, root: root, prefix: prefix, pool: netip.MustParsePrefix(pool)}
+	w.project = filepath.Join(root, "project")
+	if err := os.MkdirAll(w.project, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(w.project, "main.go"), []byte("package main\n"), 0o644); err != nil {
+		return nil, err
+	}
+	git := exec.Command("sh", "-c", "git init -q && git add -A && git -c user.name=b -c user.email=b@b commit -qm init")
+	git.Dir = w.project
+	if out, err := git.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("git init: %v: %s", err, out)
+	}
+	w.vars = append(os.Environ(),
+		"CILO_STATE_DIR="+filepath.Join(root, "state"),
+		"CILO_RUN_DIR="+filepath.Join(root, "run"),
+		"CILO_PREFIX="+prefix,
+		"CILO_POOL="+pool,
+		"CILO_DNS_ADDR=127.0.0.1:1",
+		"CILO_CONFIG=/dev/null",
+	)
+	return w, nil
+}
+
+func (w *benchWorld) cilo(ctx context.Context, args ...string) error {
+	cmd := exec.CommandContext(ctx, w.env.Cilo, args...)
+	cmd.Dir, cmd.Env = w.project, w.vars
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("cilo %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// close destroys every env and the host pieces of the world's prefix.
+func (w *benchWorld) close() {
+	ctx := context.Background()
+	if err := w.cilo(ctx, "destroy", "--all", "--force"); err != nil {
+		w.env.Logf("cleanup: %v", err)
+	}
+	if n, err := nsnet.New(w.prefix, w.pool); err == nil {
+		n.TeardownHost(ctx)
+	}
+	os.RemoveAll(w.root)
+}
+
+func runCore(ctx context.Context, env *Env) ([]Row, error) {
+	w, err := newBenchWorld(env, "bco", "10.238.0.0/16")
+	if err != nil {
+		return nil, err
+	}
+	defer w.close()
+
+	rows, err := benchRunTrue(ctx, w)
+	if err != nil {
+		return nil, err
+	}
+	create, err := benchCreate250(ctx, w)
+	if err != nil {
+		return nil, err
+	}
+	return append(rows, create...), nil
+}
+
+// benchRunTrue alternates `cilo run true <env>` and `ip netns exec <ns>
+// true` so that both see the same machine load.
+func benchRunTrue(ctx context.Context, w *benchWorld) ([]Row, error) {
+	if err := w.cilo(ctx, "create", "hot"); err != nil {
+		return nil, err
+	}
+	ns := w.prefix + "-project-hot"
+	const n = 200
+	var cilo, anchor []time.Duration
+	for i := 0; i < n; i++ {
+		c, err := timeCmdEnv(ctx, w, w.env.Cilo, "run", "true", "hot")
+		if err != nil {
+			return nil, err
+		}
+		a, err := timeCmdEnv(ctx, w, "ip", "netns", "exec", ns, "true")
+		if err != nil {
+			return nil, err
+		}
+		cilo, anchor = append(cilo, c), append(anchor, a)
+	}
+	p50c, p50a := ms(percentile(cilo, 50)), ms(percentile(anchor, 50))
+	w.env.Logf("cilo run true: p50 %.2f ms, ip netns exec true: p50 %.2f ms", p50c, p50a)
+	return []Row{{
+		Metric: "cilo run true <env> (existing env), p50 of 200", Unit: "ms",
+		Cilo: p50c, AnchorName: "ip netns exec NS true", Anchor: p50a,
+		Goal: "ratio <= 1.5", Met: p50c <= 1.5*p50a,
+	}}, nil
+}
+
+func timeCmdEnv(ctx context.Context, w *benchWorld, argv ...string) (time.Duration, error) {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir, cmd.Env = w.project, w.vars
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("%v: %w: %s", argv, err, out)
+	}
+	return time.Since(start), nil
+}
+
+// benchCreate250 creates 250 envs, 20 at a time, timing each `cilo create`,
+// and reads the kernel's own memory before and after.
+func benchCreate250(ctx context.Context, w *benchWorld) ([]Row, error) {
+	const total, wave = 250, 20
+	before, err := kernelMemoryKB()
+	if err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	var times []time.Duration
+	for start := 0; start < total; start += wave {
+		var wg sync.WaitGroup
+		errs := make(chan error, wave)
+		for i := start; i < start+wave && i < total; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				d, err := timeCmdEnv(ctx, w, w.env.Cilo, "create", fmt.Sprintf("e%03d", i))
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				times = append(times, d)
+				mu.Unlock()
+			}(i)
+		}
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			return nil, err
+		}
+	}
+	after, err := kernelMemoryKB()
+	if err != nil {
+		return nil, err
+	}
+	p50, p99 := ms(percentile(times, 50)), ms(percentile(times, 99))
+	perEnv := float64(after-before) / total
+	w.env.Logf("create x%d: p50 %.1f ms p99 %.1f ms, kernel memory %.0f KB/env", total, p50, p99, perEnv)
+	return []Row{
+		{Metric: "cilo create, 250 envs 20 at a time: p50", Unit: "ms", Cilo: p50, Goal: "-", Met: true},
+		{Metric: "cilo create, 250 envs 20 at a time: p99", Unit: "ms", Cilo: p99, Goal: "p99 <= 100 ms", Met: p99 <= 100},
+		{Metric: "kernel memory per env (Slab+KernelStack+PageTables, 250 envs alive)", Unit: "KB", Cilo: perEnv, Goal: "-", Met: true},
+	}, nil
+}
+
+// kernelMemoryKB is the kernel's own memory from /proc/meminfo: slab
+// (namespaces, netdevs, mounts), kernel stacks and page tables.
+func kernelMemoryKB() (int64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var sum int64
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		switch strings.TrimSuffix(fields[0], ":") {
+		case "Slab", "KernelStack", "PageTables":
+			v, _ := strconv.ParseInt(fields[1], 10, 64)
+			sum += v
+		}
+	}
+	return sum, s.Err()
+}
