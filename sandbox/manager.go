@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -35,6 +36,9 @@ type Workspaces interface {
 	Create(ctx context.Context, id, source string, o overlayfs.CreateOptions) (*overlayfs.Workspace, error)
 	Ensure(ctx context.Context, id string) (*overlayfs.Workspace, error)
 	Remove(ctx context.Context, id string) error
+	Diff(ctx context.Context, id string) ([]overlayfs.Change, error)
+	Patch(ctx context.Context, id string, w io.Writer) error
+	Merge(ctx context.Context, id, branch string) error
 }
 
 // Services runs an env's compose services; compose.Engine is the
@@ -104,7 +108,7 @@ func New(cfg Config, opts ...Opt) (*Manager, error) {
 		o(m)
 	}
 	if m.ws == nil {
-		ws, err := overlayfs.New(filepath.Join(cfg.StateDir, "workspaces"))
+		ws, err := overlayfs.New(WorkspaceRoot(cfg), overlayfs.WithLogf(m.logf))
 		if err != nil {
 			return nil, err
 		}
@@ -152,6 +156,11 @@ func (m *Manager) List(ctx context.Context, project string) ([]*state.Env, error
 	return out, nil
 }
 
+// WorkspaceRoot is where the overlayfs manager keeps bases and workspaces.
+func WorkspaceRoot(cfg Config) string { return filepath.Join(cfg.StateDir, "workspaces") }
+
+// workspaceID names an env's workspace: "--" cannot occur in a normalised
+// project name, so the split is unambiguous.
 func (m *Manager) workspaceID(project, name string) string { return project + "--" + name }
 
 func (m *Manager) netnsName(project, name string) string {

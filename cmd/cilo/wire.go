@@ -7,13 +7,20 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/cilo-dev/cilo/overlayfs"
 	"github.com/cilo-dev/cilo/sandbox"
 )
 
 // manager wires the lifecycle to its backends for the resolved config.
 func (a *app) manager() (*sandbox.Manager, error) {
+	logf := func(format string, args ...any) { fmt.Fprintf(a.stderr, "cilo: "+format+"\n", args...) }
+	ws, err := overlayfs.New(sandbox.WorkspaceRoot(a.cfg), overlayfs.WithProgress(a.stderr), overlayfs.WithLogf(logf))
+	if err != nil {
+		return nil, err
+	}
 	return sandbox.New(a.cfg,
-		sandbox.WithLogf(func(format string, args ...any) { fmt.Fprintf(a.stderr, "cilo: "+format+"\n", args...) }),
+		sandbox.WithLogf(logf),
+		sandbox.WithWorkspaces(ws),
 	)
 }
 

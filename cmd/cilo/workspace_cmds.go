@@ -1,6 +1,82 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"fmt"
 
-// workspaceCommands are the workspace area's commands.
-func workspaceCommands(a *app) []*cobra.Command { return nil }
+	"github.com/spf13/cobra"
+)
+
+// workspaceCommands are the commands about an env's workspace.
+func workspaceCommands(a *app) []*cobra.Command {
+	return []*cobra.Command{newDiffCmd(a), newMergeCmd(a)}
+}
+
+func newDiffCmd(a *app) *cobra.Command {
+	var patch, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "diff <env>",
+		Short: "Show what an env changed in its workspace (added, modified, deleted)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if patch && asJSON {
+				return usageError{fmt.Errorf("--patch and --json exclude each other")}
+			}
+			m, err := a.manager()
+			if err != nil {
+				return err
+			}
+			project, name, err := m.ParseEnvArg(".", args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			if patch {
+				return m.Patch(cmd.Context(), project, name, a.stdout)
+			}
+			changes, err := m.Diff(cmd.Context(), project, name)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if changes == nil {
+					return a.writeJSON([]any{})
+				}
+				return a.writeJSON(changes)
+			}
+			marks := map[string]string{"added": "A", "modified": "M", "deleted": "D"}
+			for _, c := range changes {
+				fmt.Fprintf(a.stdout, "%s %s\n", marks[c.Kind], c.Path)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&patch, "patch", "p", false, "unified diff of the changes")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "JSON output: [{path, kind}]")
+	return cmd
+}
+
+func newMergeCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "merge <env>",
+		Short: "Fetch an env's commits into the source repository as branch cilo/<env>",
+		Long: `Fetch the commits made inside an env into the source repository as branch
+cilo/<env>. The source's working tree, index and current branch are not touched:
+merge or check out the branch yourself.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager()
+			if err != nil {
+				return err
+			}
+			project, name, err := m.ParseEnvArg(".", args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			branch, err := m.Merge(cmd.Context(), project, name)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "env %s's commits are on branch %s of the source repository\n", name, branch)
+			return nil
+		},
+	}
+}
