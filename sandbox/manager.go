@@ -93,11 +93,8 @@ func New(cfg Config, opts ...Opt) (*Manager, error) {
 		return nil, err
 	}
 	store, err := state.Open(cfg.StateDir)
-	if errors.Is(err, fs.ErrPermission) {
-		return nil, fmt.Errorf("%w: %v: run it as root (sudo cilo ...)", ErrPrivilege, err)
-	}
 	if err != nil {
-		return nil, err
+		return nil, PrivilegeHint(err)
 	}
 	n, err := nsnet.New(cfg.Prefix, cfg.Pool)
 	if err != nil {
@@ -110,11 +107,20 @@ func New(cfg Config, opts ...Opt) (*Manager, error) {
 	if m.ws == nil {
 		ws, err := overlayfs.New(WorkspaceRoot(cfg), overlayfs.WithLogf(m.logf))
 		if err != nil {
-			return nil, err
+			return nil, PrivilegeHint(err)
 		}
 		m.ws = ws
 	}
 	return m, nil
+}
+
+// PrivilegeHint marks a permission error on cilo's own directories as a
+// lack of privilege, with what to do about it.
+func PrivilegeHint(err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("%w: %v: run it as root (sudo cilo ...)", ErrPrivilege, err)
+	}
+	return err
 }
 
 // Config is the manager's configuration.

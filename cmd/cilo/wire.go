@@ -16,7 +16,7 @@ func (a *app) manager() (*sandbox.Manager, error) {
 	logf := func(format string, args ...any) { fmt.Fprintf(a.stderr, "cilo: "+format+"\n", args...) }
 	ws, err := overlayfs.New(sandbox.WorkspaceRoot(a.cfg), overlayfs.WithProgress(a.stderr), overlayfs.WithLogf(logf))
 	if err != nil {
-		return nil, err
+		return nil, sandbox.PrivilegeHint(err)
 	}
 	return sandbox.New(a.cfg,
 		sandbox.WithLogf(logf),

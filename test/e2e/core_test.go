@@ -365,3 +365,30 @@ func TestWithoutPrivilege(t *testing.T) {
 	}
 	w.assertNothingLeft()
 }
+
+func TestRunNamesEnvAfterBranch(t *testing.T) {
+	w := newWorld(t, 24)
+	git := exec.Command("git", "checkout", "-q", "-b", "Feature/Login_v2")
+	git.Dir = w.project
+	if out, err := git.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	out := w.mustCilo("run", "--", "sh", "-c", "echo $CILO_ENV")
+	if strings.TrimSpace(out) != "feature-login-v2" {
+		t.Fatalf("env from branch Feature/Login_v2 = %q, want feature-login-v2", out)
+	}
+}
+
+func TestCompletionAndHelp(t *testing.T) {
+	w := newWorld(t, 24)
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		if out := w.mustCilo("completion", shell); !strings.Contains(out, "cilo") {
+			t.Errorf("completion %s: %q", shell, out[:min(len(out), 200)])
+		}
+	}
+	for _, c := range []string{"run", "create", "up", "down", "destroy", "list", "status", "path", "shell", "doctor", "diff", "merge"} {
+		if out := w.mustCilo(c, "--help"); !strings.Contains(out, "Usage:") {
+			t.Errorf("%s --help: %q", c, out)
+		}
+	}
+}

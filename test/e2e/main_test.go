@@ -158,16 +158,18 @@ func (w *world) command(ctx context.Context, dir string, args ...string) *exec.C
 	return cmd
 }
 
-// mustCilo is cilo that fails the test on error.
+// mustCilo is cilo that fails the test on error; it returns stdout only.
 func (w *world) mustCilo(args ...string) string {
 	w.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := w.cilo(ctx, "", args...)
-	if err != nil {
-		w.t.Fatalf("cilo %s: %v\n%s", strings.Join(args, " "), err, out)
+	cmd := w.command(ctx, "", args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		w.t.Fatalf("cilo %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
 	}
-	return out
+	return stdout.String()
 }
 
 func exitCode(err error) int {
