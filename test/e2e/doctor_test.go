@@ -1,0 +1,61 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cilo-dev/cilo/nsnet"
+)
+
+// TestDoctorFixesInterruptedCreateAndOrphans plays a crash: an env whose
+// create intent belongs to a dead process, and a namespace no env owns.
+func TestDoctorFixesInterruptedCreateAndOrphans(t *testing.T) {
+	w := newWorld(t, 23)
+	w.mustCilo("create", "healthy")
+	w.mustCilo("create", "crashed")
+
+	// Rewrite the state as a cilo killed in the middle of creating
+	// "crashed" would have left it.
+	path := filepath.Join(w.root, "state", "state.json")
+	b, err := os.ReadFile(path)
+	must(t, err)
+	var st map[string]any
+	must(t, json.Unmarshal(b, &st))
+	env := st["envs"].(map[string]any)["demo-app/crashed"].(map[string]any)
+	env["status"] = "creating"
+	env["intent"] = map[string]any{"op": "create", "pid": 999999999, "started": "2026-01-01T00:00:00Z"}
+	b, _ = json.Marshal(st)
+	must(t, os.WriteFile(path, b, 0o644))
+
+	orphan := w.prefix + "-orphan-ns"
+	must(t, nsnet.CreateNetns(orphan))
+	t.Cleanup(func() { nsnet.DeleteNetns(orphan) })
+
+	out, err := w.cilo(context.Background(), "", "doctor")
+	if exitCode(err) != 1 || !strings.Contains(out, "interrupted create") || !strings.Contains(out, orphan) {
+		t.Fatalf("doctor: exit %d\n%s", exitCode(err), out)
+	}
+	if out, err := w.cilo(context.Background(), "", "run", "-e", "crashed", "--", "true"); err == nil || !strings.Contains(out, "doctor --fix") {
+		t.Fatalf("run in a half-created env: %v\n%s", err, out)
+	}
+	w.mustCilo("doctor", "--fix")
+	if out, err := w.cilo(context.Background(), "", "doctor"); err != nil {
+		t.Fatalf("doctor after --fix: %v\n%s", err, out)
+	}
+	if nsnet.NetnsExists(orphan) {
+		t.Fatal("orphan namespace survived doctor --fix")
+	}
+	var envs []envJSON
+	must(t, json.Unmarshal([]byte(w.mustCilo("list", "--json")), &envs))
+	if len(envs) != 1 || envs[0].Name != "healthy" {
+		t.Fatalf("envs after fix: %+v", envs)
+	}
+	// The healthy env still works.
+	if out := w.mustCilo("run", "-e", "healthy", "--", "echo", "ok"); strings.TrimSpace(out) != "ok" {
+		t.Fatalf("healthy env after fix: %q", out)
+	}
+}
