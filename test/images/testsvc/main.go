@@ -67,7 +67,7 @@ func serve(args []string) {
 	delay := fs.Duration("delay", 0, "wait this long before listening")
 	fs.Parse(args)
 	if *require != "" {
-		if code := get([]string{*require}); code != 0 {
+		if code := fetch(*require, io.Discard); code != 0 {
 			fmt.Fprintln(os.Stderr, "required", *require, "not reachable")
 			os.Exit(4)
 		}
@@ -102,14 +102,19 @@ func get(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage: testsvc get URL")
 		return 2
 	}
+	return fetch(args[0], os.Stdout)
+}
+
+// fetch writes the body of GET url to w, reporting failure as status 1.
+func fetch(url string, w io.Writer) int {
 	c := &http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get(args[0])
+	resp, err := c.Get(url)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer resp.Body.Close()
-	io.Copy(os.Stdout, resp.Body)
+	io.Copy(w, resp.Body)
 	if resp.StatusCode != http.StatusOK {
 		return 1
 	}

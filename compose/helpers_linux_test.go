@@ -1,0 +1,302 @@
+package compose
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
+	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/sandbox/state"
+	testimages "github.com/cilo-dev/cilo/test/images"
+)
+
+// testImage is the test program's image, loaded into each test's own
+// containerd namespace.
+const testImage = "cilo-test/testsvc:latest"
+
+var testArchive string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() == 0 {
+			dir, err := os.MkdirTemp("", "cilo-compose-test-")
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			defer os.RemoveAll(dir)
+			testArchive, err = testimages.TestServiceArchive(context.Background(), testImage, dir)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "build test image:", err)
+				return 1
+			}
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// harness is one test's private world: its own containerd namespace,
+// name prefix, slice of the address pool, state and run dirs.
+type harness struct {
+	t      *testing.T
+	net    *nsnet.Network
+	engine *Engine
+	opts   Options
+	client *containerd.Client
+	ctx    context.Context // in the test's containerd namespace
+	logs   *strings.Builder
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (namespaces, nftables, containerd); CI runs it as root")
+	}
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	requireRoot(t)
+	var b [4]byte
+	rand.Read(b[:])
+	r := binary.BigEndian.Uint32(b[:])
+	prefix := fmt.Sprintf("c%03x", r%4096)
+	pool := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 232, byte((r >> 12) % 64 * 4), 0}), 22)
+	ns := fmt.Sprintf("cilo-test-%08x", r)
+	address := os.Getenv("CONTAINERD_ADDRESS")
+	if address == "" {
+		address = "/run/containerd/containerd.sock"
+	}
+	client, err := containerd.New(address, containerd.WithTimeout(3*time.Second))
+	if err == nil {
+		vctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err = client.Version(vctx)
+		cancel()
+	}
+	if err != nil {
+		t.Fatalf("containerd is not running at %s (%v): run sudo scripts/ensure-containerd.sh", address, err)
+	}
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	n, err := nsnet.New(prefix, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.EnsureHost(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	allowBridged(t, prefix)
+	dir := t.TempDir()
+	logs := &strings.Builder{}
+	opts := Options{
+		Address: address, Namespace: ns, Prefix: prefix, Pool: pool,
+		StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run"), DNSSuffix: "test",
+		Logf: func(f string, a ...any) { fmt.Fprintf(logs, f+"\n", a...) },
+	}
+	h := &harness{t: t, net: n, opts: opts, client: client, ctx: ctx, logs: logs}
+	h.engine = New(opts)
+	t.Cleanup(func() {
+		h.engine.Close()
+		h.removeNamespace()
+		client.Close()
+		if err := n.TeardownHost(context.Background()); err != nil {
+			t.Errorf("teardown host: %v", err)
+		}
+	})
+	if _, err := h.engine.LoadImage(context.Background(), testArchive); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// allowBridged works around nsnet's host table dropping traffic between
+// two namespaces of one env when br_netfilter is loaded (see
+// docs/compose.md): `fib daddr . iif oif exists accept` ahead of the drop.
+func allowBridged(t *testing.T, prefix string) {
+	t.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseLasting()
+	tbl := &nftables.Table{Name: prefix, Family: nftables.TableFamilyINet}
+	c.InsertRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: "forward", Table: tbl}, Exprs: []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: true, ResultOIF: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}})
+	if err := c.Flush(); err != nil {
+		t.Fatalf("allow bridged traffic: %v", err)
+	}
+}
+
+// removeNamespace deletes everything in the test's containerd namespace
+// and the namespace itself.
+func (h *harness) removeNamespace() {
+	ctx := context.Background()
+	cs, _ := h.client.Containers(h.ctx)
+	for _, c := range cs {
+		if task, err := c.Task(h.ctx, nil); err == nil {
+			task.Delete(h.ctx, containerd.WithProcessKill)
+		}
+		c.Delete(h.ctx, containerd.WithSnapshotCleanup)
+	}
+	imgs, _ := h.client.ImageService().List(h.ctx)
+	for i, img := range imgs {
+		var opts []images.DeleteOpt
+		if i == len(imgs)-1 {
+			opts = append(opts, images.SynchronousDelete())
+		}
+		h.client.ImageService().Delete(h.ctx, img.Name, opts...)
+	}
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = h.client.NamespaceService().Delete(ctx, namespaceOf(h.ctx)); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	h.t.Errorf("delete containerd namespace %s: %v", namespaceOf(h.ctx), err)
+}
+
+func namespaceOf(ctx context.Context) string {
+	ns, _ := namespaces.Namespace(ctx)
+	return ns
+}
+
+// newEnv creates env name at pool index i with a workspace holding files.
+func (h *harness) newEnv(i int, name string, files map[string]string) *state.Env {
+	t := h.t
+	t.Helper()
+	ws := filepath.Join(t.TempDir(), name)
+	for p, data := range files {
+		full := filepath.Join(ws, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	netnsName := fmt.Sprintf("%s-app-%s", h.opts.Prefix, name)
+	l := h.net.Link(i, netnsName)
+	env := &state.Env{Project: "app", Name: name, Index: i, Subnet: l.Subnet, Gateway: l.Gateway, IP: l.IP,
+		Netns: netnsName, Bridge: l.Bridge, Workspace: ws}
+	t.Cleanup(func() {
+		if err := h.engine.Remove(context.Background(), env); err != nil {
+			t.Errorf("remove services of env %s: %v", name, err)
+		}
+		if err := h.net.Delete(context.Background(), l); err != nil {
+			t.Errorf("delete env %s: %v", name, err)
+		}
+	})
+	if err := h.net.Create(context.Background(), l, "cilo-test:"+t.Name()); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// leftovers lists what the engine left of env: containers, tasks,
+// snapshots, namespaces and veths.
+func (h *harness) leftovers(env *state.Env) []string {
+	var out []string
+	mine := "app_" + env.Name + "_"
+	cs, _ := h.client.Containers(h.ctx)
+	for _, c := range cs {
+		if strings.HasPrefix(c.ID(), mine) {
+			out = append(out, "container "+c.ID())
+		}
+	}
+	resp, err := h.client.TaskService().List(h.ctx, nil)
+	if err == nil {
+		for _, task := range resp.Tasks {
+			if strings.HasPrefix(task.ID, mine) {
+				out = append(out, "task "+task.ID)
+			}
+		}
+	}
+	h.client.SnapshotService(snapshotter).Walk(h.ctx, func(ctx context.Context, info snapshots.Info) error {
+		if info.Kind == snapshots.KindActive && strings.HasPrefix(info.Name, mine) {
+			out = append(out, "snapshot "+info.Name)
+		}
+		return nil
+	})
+	nss, _ := nsnet.Netnses(h.opts.Prefix + "-app-" + env.Name + "-")
+	for _, n := range nss {
+		out = append(out, "netns "+n)
+	}
+	links, _ := h.net.Links()
+	for _, l := range links {
+		if strings.HasPrefix(l, fmt.Sprintf("%ss%dx", h.opts.Prefix, env.Index)) {
+			out = append(out, "veth "+l)
+		}
+	}
+	return out
+}
+
+// dialIn connects to addr from inside netns (the host when empty) and
+// returns the HTTP body of GET /.
+func dialIn(netns string, dial func() (net.Conn, error)) (string, error) {
+	var body string
+	get := func() error {
+		c, err := dial()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+			return err
+		}
+		b := make([]byte, 4096)
+		var all []byte
+		for {
+			k, err := c.Read(b)
+			all = append(all, b[:k]...)
+			if err != nil {
+				break
+			}
+		}
+		_, rest, ok := strings.Cut(string(all), "\r\n\r\n")
+		if !ok {
+			return errors.New("no HTTP response")
+		}
+		body = rest
+		return nil
+	}
+	if netns == "" {
+		return body, get()
+	}
+	return body, nsnet.InNetns(netns, get)
+}
+
+func tcp4(addr string) func() (net.Conn, error) {
+	return func() (net.Conn, error) { return net.DialTimeout("tcp4", addr, 2*time.Second) }
+}
+
+// v6First tries [::1] first, then 127.0.0.1, as clients do that get ::1
+// first for localhost.
+func v6First(port int) func() (net.Conn, error) {
+	return func() (net.Conn, error) {
+		if c, err := net.DialTimeout("tcp6", fmt.Sprintf("[::1]:%d", port), 2*time.Second); err == nil {
+			return c, nil
+		}
+		return net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", port), 2*time.Second)
+	}
+}

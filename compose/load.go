@@ -1,0 +1,237 @@
+package compose
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
+	"gopkg.in/yaml.v3"
+
+	"github.com/cilo-dev/cilo/sandbox/state"
+)
+
+// ErrNoComposeFile is returned by [Load] when the workspace has none.
+var ErrNoComposeFile = errors.New("no compose file")
+
+// supportedService are the service keys cilo carries out. Any other key
+// set on a service is reported by [Warnings], never silently dropped.
+var supportedService = map[string]bool{
+	"build": true, "command": true, "depends_on": true, "deploy": true, "entrypoint": true,
+	"environment": true, "env_file": true, "expose": true, "extra_hosts": true, "healthcheck": true,
+	"hostname": true, "image": true, "labels": true, "networks": true, "ports": true,
+	"profiles": true, "pull_policy": true, "read_only": true, "restart": true, "scale": true,
+	"stop_grace_period": true, "stop_signal": true, "tmpfs": true, "user": true,
+	"volumes": true, "working_dir": true, "mem_limit": true, "cpus": true, "pids_limit": true,
+}
+
+// supportedDeploy are the deploy keys cilo carries out.
+var supportedDeploy = map[string]bool{"replicas": true, "resources": true}
+
+// Load reads the compose project of env from its workspace: the files named
+// in env.ComposeFiles (from .cilo/config.yml), else COMPOSE_FILE, else
+// docker compose's default names in the workspace root; env.EnvFiles or
+// .env for interpolation; COMPOSE_PROFILES and COMPOSE_PROJECT_NAME from
+// the environment. The project name is the file's `name:`, else
+// COMPOSE_PROJECT_NAME, else the cilo project's name, so every env of a
+// project shares image names. It returns [ErrNoComposeFile] when there is
+// no compose file.
+func Load(ctx context.Context, env *state.Env, osEnv []string) (*types.Project, error) {
+	files, err := composeFiles(env, osEnv)
+	if err != nil {
+		return nil, err
+	}
+	if len(files) == 0 {
+		return nil, ErrNoComposeFile
+	}
+	opts := []cli.ProjectOptionsFn{
+		cli.WithWorkingDirectory(env.Workspace),
+		cli.WithEnv(osEnv),
+		cli.WithResolvedPaths(true),
+	}
+	var envFiles []string
+	for _, f := range env.EnvFiles {
+		envFiles = append(envFiles, abs(env.Workspace, f))
+	}
+	if len(envFiles) > 0 {
+		opts = append(opts, cli.WithEnvFiles(envFiles...))
+	} else if _, err := os.Stat(filepath.Join(env.Workspace, ".env")); err == nil {
+		opts = append(opts, cli.WithEnvFiles(filepath.Join(env.Workspace, ".env")))
+	}
+	opts = append(opts, cli.WithDotEnv, cli.WithDefaultProfiles())
+	named, err := namedInFiles(files)
+	if err != nil {
+		return nil, err
+	}
+	if !named && lookup(osEnv, "COMPOSE_PROJECT_NAME") == "" {
+		opts = append(opts, cli.WithName(loader.NormalizeProjectName(env.Project)))
+	}
+	po, err := cli.NewProjectOptions(files, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("load compose project of env %q: %w", env.Name, err)
+	}
+	p, err := po.LoadProject(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load compose project of env %q: %w", env.Name, err)
+	}
+	return p, nil
+}
+
+// composeFiles picks the compose files of env, absolute.
+func composeFiles(env *state.Env, osEnv []string) ([]string, error) {
+	var files []string
+	switch {
+	case len(env.ComposeFiles) > 0:
+		for _, f := range env.ComposeFiles {
+			files = append(files, abs(env.Workspace, f))
+		}
+	case lookup(osEnv, "COMPOSE_FILE") != "":
+		sep := lookup(osEnv, "COMPOSE_PATH_SEPARATOR")
+		if sep == "" {
+			sep = string(os.PathListSeparator)
+		}
+		for _, f := range strings.Split(lookup(osEnv, "COMPOSE_FILE"), sep) {
+			files = append(files, abs(env.Workspace, f))
+		}
+	default:
+		if f := firstExisting(env.Workspace, cli.DefaultFileNames); f != "" {
+			files = append(files, f)
+			if o := firstExisting(env.Workspace, cli.DefaultOverrideFileNames); o != "" {
+				files = append(files, o)
+			}
+		}
+		return files, nil
+	}
+	for _, f := range files {
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("compose file of env %q: %w", env.Name, err)
+		}
+	}
+	return files, nil
+}
+
+// HasComposeFile reports whether env has a compose file, without parsing
+// it (cheap: cilo run in an env without one must not pay for containerd).
+func HasComposeFile(env *state.Env, osEnv []string) bool {
+	files, err := composeFiles(env, osEnv)
+	return err != nil || len(files) > 0
+}
+
+func firstExisting(dir string, names []string) string {
+	for _, n := range names {
+		p := filepath.Join(dir, n)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p
+		}
+	}
+	return ""
+}
+
+func abs(dir, p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+func lookup(env []string, key string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if k, v, ok := strings.Cut(env[i], "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+// namedInFiles reports whether one of the files sets the top-level name.
+// Syntax errors are left for compose-go, which reports file and line.
+func namedInFiles(files []string) (bool, error) {
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("read compose file: %w", err)
+		}
+		var top struct {
+			Name string `yaml:"name"`
+		}
+		if yaml.Unmarshal(b, &top) == nil && top.Name != "" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Warnings lists every field of p that cilo does not carry out yet, naming
+// the field and the service.
+func Warnings(p *types.Project) []string {
+	var out []string
+	for _, name := range p.ServiceNames() {
+		s := p.Services[name]
+		b, err := json.Marshal(s)
+		if err != nil {
+			out = append(out, fmt.Sprintf("service %q: cannot inspect its fields: %v", name, err))
+			continue
+		}
+		var fields map[string]json.RawMessage
+		json.Unmarshal(b, &fields)
+		for k := range fields {
+			if !supportedService[k] {
+				out = append(out, fmt.Sprintf("service %q: %q is not supported by cilo yet and is ignored", name, k))
+			}
+		}
+		if s.Deploy != nil {
+			var deploy map[string]json.RawMessage
+			db, _ := json.Marshal(s.Deploy)
+			json.Unmarshal(db, &deploy)
+			for k := range deploy {
+				if !supportedDeploy[k] {
+					out = append(out, fmt.Sprintf("service %q: \"deploy.%s\" is not supported by cilo yet and is ignored", name, k))
+				}
+			}
+			if r := s.Deploy.Resources.Reservations; r != nil {
+				out = append(out, fmt.Sprintf("service %q: \"deploy.resources.reservations\" is not supported by cilo yet and is ignored", name))
+			}
+			if l := s.Deploy.Resources.Limits; l != nil && (len(l.Devices) > 0 || len(l.GenericResources) > 0) {
+				out = append(out, fmt.Sprintf("service %q: \"deploy.resources.limits\" devices are not supported by cilo yet and are ignored", name))
+			}
+		}
+		for net := range s.Networks {
+			if net != "default" {
+				out = append(out, fmt.Sprintf("service %q: network %q: cilo puts every service on the env's one network", name, net))
+			}
+		}
+		for _, v := range s.Volumes {
+			switch v.Type {
+			case types.VolumeTypeBind, types.VolumeTypeVolume, types.VolumeTypeTmpfs:
+			default:
+				out = append(out, fmt.Sprintf("service %q: volume type %q at %s is not supported by cilo yet and is ignored", name, v.Type, v.Target))
+			}
+		}
+	}
+	for _, k := range []struct {
+		field string
+		n     int
+	}{{"secrets", len(p.Secrets)}, {"configs", len(p.Configs)}, {"models", len(p.Models)}} {
+		if k.n > 0 {
+			out = append(out, fmt.Sprintf("top-level %q is not supported by cilo yet and is ignored", k.field))
+		}
+	}
+	for n := range p.Networks {
+		if n != "default" {
+			out = append(out, fmt.Sprintf("top-level network %q: cilo puts every service on the env's one network", n))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
