@@ -18,7 +18,7 @@ import (
 type Config struct {
 	StateDir            string       `yaml:"state_dir"`            // persistent state and workspaces
 	RunDir              string       `yaml:"run_dir"`              // runtime files (resolv.conf per env, pidfiles)
-	Pool                netip.Prefix `yaml:"pool"`                 // env subnets are /24s of this
+	Pool                netip.Prefix `yaml:"-"`                    // env subnets are /24s of this (read as "pool" by LoadConfig)
 	Prefix              string       `yaml:"prefix"`               // names of interfaces, namespaces and the nft table
 	DNSSuffix           string       `yaml:"dns_suffix"`           // envs answer as <service>.<env>.<suffix>
 	DNSAddr             string       `yaml:"dns_addr"`             // host listener of the DNS server
