@@ -285,6 +285,11 @@ func (n *Network) Exists(l Link) bool {
 	if !NetnsExists(l.Netns) {
 		return false
 	}
+	// A stat of sysfs is much cheaper than a netlink round trip, and this
+	// is on the path of every cilo run.
+	if _, err := os.Stat("/sys/class/net/" + l.Bridge); err == nil {
+		return true
+	}
 	_, err := netlink.LinkByName(l.Bridge)
 	return err == nil
 }
