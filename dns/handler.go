@@ -42,7 +42,7 @@ func NewHandler(zone func() *Zone, fwd Exchanger) *Handler {
 func (h *Handler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	local := addrOf(w.LocalAddr())
 	_, udp := w.RemoteAddr().(*net.UDPAddr)
-	m, _ := h.respond(context.Background(), h.zone(), local, r, udp)
+	m := h.respond(context.Background(), h.zone(), local, r, udp)
 	if m != nil {
 		w.WriteMsg(m)
 	}
@@ -58,11 +58,21 @@ func addrOf(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// respond computes the answer to r arriving on local, from z. It returns nil when
-// nothing must be sent (r is itself a response). authoritative reports an
-// answer that depends only on the request bytes and the zone, so the
-// server may cache it packed for the life of the zone.
-func (h *Handler) respond(ctx context.Context, z *Zone, local netip.Addr, r *mdns.Msg, udp bool) (m *mdns.Msg, authoritative bool) {
+// respond computes the answer to r arriving on local, from z. It returns
+// nil when nothing must be sent (r is itself a response).
+func (h *Handler) respond(ctx context.Context, z *Zone, local netip.Addr, r *mdns.Msg, udp bool) *mdns.Msg {
+	m, fwd := h.local(z, local, r, udp)
+	if fwd {
+		return h.forward(ctx, r, m, udp)
+	}
+	return m
+}
+
+// local answers r without the upstream where it can; forward reports that
+// r is not cilo's to answer, and m is then the reply to fill in. An answer
+// from local depends only on the request bytes, the local address and z,
+// so the server caches it packed for the life of z.
+func (h *Handler) local(z *Zone, local netip.Addr, r *mdns.Msg, udp bool) (m *mdns.Msg, forward bool) {
 	if r.Response {
 		return nil, false
 	}
@@ -76,16 +86,16 @@ func (h *Handler) respond(ctx context.Context, z *Zone, local netip.Addr, r *mdn
 		if reqOpt.Version() != 0 {
 			m.Rcode = mdns.RcodeBadVers
 			m.Question = nil
-			return m, true
+			return m, false
 		}
 	}
 	if r.Opcode != mdns.OpcodeQuery {
 		m.Rcode = mdns.RcodeNotImplemented
-		return m, true
+		return m, false
 	}
 	if len(r.Question) != 1 || len(r.Answer) != 0 || len(r.Ns) != 0 {
 		m.Rcode = mdns.RcodeFormatError
-		return m, true
+		return m, false
 	}
 	q := r.Question[0]
 	qname := strings.ToLower(q.Name)
@@ -97,13 +107,13 @@ func (h *Handler) respond(ctx context.Context, z *Zone, local netip.Addr, r *mdn
 		node, res = z.Lookup(view, qname)
 	}
 	if !ours && res != Found {
-		return h.forward(ctx, r, m, udp), false
+		return m, true
 	}
 	m.Authoritative = true
 	if q.Qclass != mdns.ClassINET && q.Qclass != mdns.ClassANY {
 		m.Rcode = mdns.RcodeRefused
 		m.Authoritative = false
-		return m, true
+		return m, false
 	}
 	switch {
 	case res == NXDomain:
@@ -128,7 +138,7 @@ func (h *Handler) respond(ctx context.Context, z *Zone, local netip.Addr, r *mdn
 	if udp {
 		m.Truncate(clientSize(r))
 	}
-	return m, true
+	return m, false
 }
 
 // clientSize is the largest UDP answer the client accepts.

@@ -23,9 +23,9 @@ const (
 	// respCacheSize bounds the packed answers kept per zone; a full cache
 	// is emptied, so random names cannot pin it.
 	respCacheSize = 1 << 16
-	// maxSlow bounds the queries being answered off the hot path (cache
-	// misses, forwarding); beyond it queries are dropped, as an
-	// overloaded resolver does, and clients retry.
+	// maxSlow bounds the queries being forwarded upstream at once;
+	// beyond it queries are dropped, as an overloaded resolver does, and
+	// clients retry.
 	maxSlow = 1024
 )
 
@@ -251,6 +251,23 @@ func freebind(network, address string, c syscall.RawConn) error {
 	return errors.Join(err, serr)
 }
 
+// growBuffers gives a busy listener 4 MiB socket buffers, beyond
+// net.core.rmem_max where the process may (root), so bursts are queued
+// rather than dropped by the kernel.
+func growBuffers(c *net.UDPConn) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	raw.Control(func(fd uintptr) {
+		for _, opt := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[0], 4<<20) != nil {
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[1], 4<<20)
+			}
+		}
+	})
+}
+
 func (s *Server) listen(ap netip.AddrPort, workers int) (*listener, error) {
 	lc := net.ListenConfig{Control: freebind}
 	var (
@@ -278,6 +295,9 @@ func (s *Server) listen(ap netip.AddrPort, workers int) (*listener, error) {
 		return nil, fmt.Errorf("listen on %s: %w", ap, err)
 	}
 	l := &listener{addr: ap, udp: pc.(*net.UDPConn)}
+	if workers > 1 {
+		growBuffers(l.udp)
+	}
 	l.tcp = &mdns.Server{Listener: ln, Handler: s.h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
 	l.wg.Add(1 + workers)
 	go func() {
@@ -296,9 +316,9 @@ func (s *Server) listen(ap netip.AddrPort, workers int) (*listener, error) {
 	return l, nil
 }
 
-// serveUDP is the hot path: a cached answer is sent from this goroutine
-// without allocating; anything else is answered on its own goroutine so
-// a slow upstream never stalls the listener.
+// serveUDP is the hot path: a cached answer is sent without allocating;
+// other answers from the zone are computed inline (microseconds) and
+// cached; only forwarded queries leave this goroutine.
 func (s *Server) serveUDP(c *net.UDPConn, view netip.Addr) {
 	buf := make([]byte, 65535)
 	out := make([]byte, 0, 4096)
@@ -328,38 +348,47 @@ func (s *Server) serveUDP(c *net.UDPConn, view netip.Addr) {
 				continue
 			}
 		}
+		r := new(mdns.Msg)
+		if err := r.Unpack(pkt); err != nil {
+			c.WriteToUDPAddrPort(formErr(pkt), from)
+			continue
+		}
+		m, fwd := s.h.local(z, view, r, true)
+		if !fwd {
+			if m == nil {
+				continue
+			}
+			b, err := m.Pack()
+			if err != nil {
+				s.logf("dns: pack answer to %v: %v", r.Question, err)
+				continue
+			}
+			if n <= maxCachedReq {
+				z.cache.put(key[:16+n-2], b)
+			}
+			c.WriteToUDPAddrPort(b, from)
+			continue
+		}
 		select {
 		case s.slow <- struct{}{}:
 		default:
-			continue // overloaded: drop, the client retries
+			continue // too many upstream queries in flight: drop, the client retries
 		}
-		req := slices.Clone(pkt)
 		go func() {
 			defer func() { <-s.slow }()
-			s.answerUDP(c, view, z, req, from)
+			s.forwardUDP(c, r, m, from)
 		}()
 	}
 }
 
-func (s *Server) answerUDP(c *net.UDPConn, view netip.Addr, z *Zone, req []byte, from netip.AddrPort) {
-	r := new(mdns.Msg)
-	if err := r.Unpack(req); err != nil {
-		c.WriteToUDPAddrPort(formErr(req), from)
-		return
-	}
-	m, auth := s.h.respond(s.ctx, z, view, r, true)
-	if m == nil {
-		return
-	}
+// forwardUDP answers a query that is not cilo's, on its own goroutine so
+// a slow upstream never stalls the listener.
+func (s *Server) forwardUDP(c *net.UDPConn, r, m *mdns.Msg, from netip.AddrPort) {
+	m = s.h.forward(s.ctx, r, m, true)
 	b, err := m.Pack()
 	if err != nil {
-		s.logf("dns: pack answer to %s: %v", r.Question, err)
+		s.logf("dns: pack forwarded answer to %v: %v", r.Question, err)
 		return
-	}
-	if auth && len(req) <= maxCachedReq {
-		v16 := view.As16()
-		key := append(v16[:], req[2:]...)
-		z.cache.put(key, b)
 	}
 	c.WriteToUDPAddrPort(b, from)
 }
