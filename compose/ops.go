@@ -13,9 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/console"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/containerd/console"
 	"github.com/containerd/errdefs"
 
 	"github.com/cilo-dev/cilo/sandbox/state"
@@ -271,7 +271,6 @@ func (e *Engine) Exec(ctx context.Context, env *state.Env, o ExecOptions) (int, 
 	if err != nil {
 		return 0, fmt.Errorf("exec in %s: %w", ctr.ID(), err)
 	}
-	defer proc.Delete(context.WithoutCancel(ctx))
 	exitC, err := proc.Wait(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("wait for exec in %s: %w", ctr.ID(), err)
@@ -285,7 +284,10 @@ func (e *Engine) Exec(ctx context.Context, env *state.Env, o ExecOptions) (int, 
 		}
 	}
 	st := <-exitC
-	proc.IO().Wait()
+	// Delete makes the shim finish copying the output and close its end
+	// before our copy is awaited: without it a short command's output can
+	// be lost on containerd 1.6.
+	proc.Delete(context.WithoutCancel(ctx))
 	code, _, err := st.Result()
 	if err != nil {
 		return 0, fmt.Errorf("exec in %s: %w", ctr.ID(), err)
