@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -190,4 +191,107 @@ func (h *harness) exec(env *state.Env, service string, args ...string) (string, 
 		return out.String(), fmt.Errorf("exit status %d", code)
 	}
 	return out.String(), nil
+}
+
+func TestRestartPolicyAfterCLIExited(t *testing.T) {
+	h := newHarness(t)
+	env := h.newEnv(2, "crash", map[string]string{"compose.yaml": `
+services:
+  crasher:
+    image: cilo-test/testsvc
+    command: ["crash", "-after", "500ms", "-code", "3"]
+    restart: always
+`})
+	if _, err := h.engine.Up(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	// The CLI exits: nothing of ours watches the container any more.
+	h.engine.Close()
+	log := h.engine.logPath("app", "crash", "crasher")
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		b, _ := os.ReadFile(log)
+		if n := strings.Count(string(b), "started"); n >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(log)
+			t.Fatalf("crashed service was not restarted by containerd within 40 s; log:\n%s", b)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err := h.engine.Down(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	// Down took it out of the restart monitor's hands: it stays gone.
+	time.Sleep(12 * time.Second)
+	if left := h.leftovers(env); len(left) != 0 {
+		t.Fatalf("left after down: %v", left)
+	}
+}
+
+func TestBadInputStartsNothing(t *testing.T) {
+	h := newHarness(t)
+	tests := []struct {
+		name    string
+		compose string
+		opts    func(*Options)
+		want    []string
+	}{
+		{"invalid_yaml", "services:\n  db:\n    image: [unclosed\n", nil, []string{"compose.yaml", "line"}},
+		{"unknown_field_type", "services:\n  db:\n    image: cilo-test/testsvc\n    ports: 12\n", nil, []string{"compose.yaml", "ports"}},
+		{"unknown_image_no_registry", "services:\n  db:\n    image: localhost:1/cilo-missing:latest\n", nil,
+			[]string{`service "db"`, "localhost:1/cilo-missing:latest", "cilo image load"}},
+		{"build_without_buildkitd", "services:\n  web:\n    build: .\n", nil,
+			[]string{`service "web"`, "app-web", "no buildkitd", "run a buildkitd", "cilo image load"}},
+		{"port_published_twice", "services:\n  a:\n    image: cilo-test/testsvc\n    ports: [\"8080:80\"]\n  b:\n    image: cilo-test/testsvc\n    ports: [\"8080:81\"]\n", nil,
+			[]string{"8080/tcp", "published twice", `"a"`, `"b"`}},
+		{"containerd_not_running", "services:\n  db:\n    image: cilo-test/testsvc\n", func(o *Options) { o.Address = "/nonexistent/containerd.sock" },
+			[]string{"containerd is not running", "ensure-containerd.sh"}},
+	}
+	t.Setenv("BUILDKIT_HOST", "unix:///nonexistent/buildkitd.sock")
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := h.newEnv(3+i, "bad"+string(rune('a'+i)), map[string]string{"compose.yaml": tt.compose, "Dockerfile": "FROM scratch\n"})
+			e := h.engine
+			if tt.opts != nil {
+				o := h.opts
+				tt.opts(&o)
+				e = New(o)
+				defer e.Close()
+			}
+			_, err := e.Up(context.Background(), env)
+			if err == nil {
+				t.Fatal("up succeeded")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if left := h.leftovers(env); len(left) != 0 {
+				t.Errorf("half-started: %v", left)
+			}
+			if fw, _ := nsnet.PortForwards(env.Netns); len(fw) != 0 {
+				t.Errorf("port forwards installed: %v", fw)
+			}
+		})
+	}
+}
+
+func TestNoComposeFileCostsNothing(t *testing.T) {
+	requireRoot(t)
+	// An unreachable containerd proves no connection is attempted.
+	e := New(Options{Address: "/nonexistent/containerd.sock", Prefix: "cx", Pool: netip.MustParsePrefix("10.232.0.0/22"), StateDir: t.TempDir(), RunDir: t.TempDir()})
+	env := &state.Env{Project: "app", Name: "plain", Workspace: t.TempDir()}
+	svcs, err := e.Up(context.Background(), env)
+	if err != nil || svcs != nil {
+		t.Fatalf("Up = %v, %v; want nil, nil", svcs, err)
+	}
+	if err := e.Down(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Remove(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
 }
