@@ -1,6 +1,153 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cilo-dev/cilo/compose"
+)
+
+// composeEngine is the compose backend for the resolved config; it
+// connects to containerd only when used.
+func (a *app) composeEngine() *compose.Engine {
+	return compose.New(compose.Options{
+		Address:   a.cfg.ContainerdAddress,
+		Namespace: a.cfg.ContainerdNamespace,
+		Prefix:    a.cfg.Prefix,
+		Pool:      a.cfg.Pool,
+		StateDir:  a.cfg.StateDir,
+		RunDir:    a.cfg.RunDir,
+		DNSSuffix: a.cfg.DNSSuffix,
+		Logf:      func(format string, args ...any) { fmt.Fprintf(a.stderr, "cilo: "+format+"\n", args...) },
+		Progress:  a.stderr,
+	})
+}
 
 // composeCommands are the compose area's commands.
-func composeCommands(a *app) []*cobra.Command { return nil }
+func composeCommands(a *app) []*cobra.Command {
+	return []*cobra.Command{logsCmd(a), execCmd(a), psCmd(a), imageCmd(a)}
+}
+
+func logsCmd(a *app) *cobra.Command {
+	var o compose.LogsOptions
+	cmd := &cobra.Command{
+		Use:   "logs <env> [service]",
+		Short: "Print the logs of an env's compose services",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager()
+			if err != nil {
+				return err
+			}
+			env, err := m.Env(cmd.Context(), ".", args[0])
+			if err != nil {
+				return a.envErr(err)
+			}
+			if len(args) == 2 {
+				o.Service = args[1]
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return a.composeEngine().Logs(ctx, env, o, a.stdout)
+		},
+	}
+	cmd.Flags().BoolVarP(&o.Follow, "follow", "f", false, "keep printing new output")
+	cmd.Flags().IntVar(&o.Tail, "tail", -1, "only the last N lines of each service (-1: all)")
+	return cmd
+}
+
+func execCmd(a *app) *cobra.Command {
+	var noTTY bool
+	cmd := &cobra.Command{
+		Use:   "exec <env> <service> [cmd...]",
+		Short: "Run a command in a running compose service of an env (a shell by default)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager()
+			if err != nil {
+				return err
+			}
+			env, err := m.Env(cmd.Context(), ".", args[0])
+			if err != nil {
+				return a.envErr(err)
+			}
+			e := a.composeEngine()
+			defer e.Close()
+			code, err := e.Exec(cmd.Context(), env, compose.ExecOptions{
+				Service: args[1], Args: args[2:], TTY: !noTTY && isTerminal(os.Stdin) && isTerminal(os.Stdout),
+				Stdin: a.stdin, Stdout: a.stdout, Stderr: a.stderr,
+			})
+			return a.commandResult(code, err)
+		},
+	}
+	cmd.Flags().SetInterspersed(false)
+	cmd.Flags().BoolVarP(&noTTY, "no-tty", "T", false, "do not allocate a terminal")
+	return cmd
+}
+
+func psCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ps <env>",
+		Short: "List the compose containers of an env",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := a.manager()
+			if err != nil {
+				return err
+			}
+			env, err := m.Env(cmd.Context(), ".", args[0])
+			if err != nil {
+				return a.envErr(err)
+			}
+			e := a.composeEngine()
+			defer e.Close()
+			cs, err := e.Ps(cmd.Context(), env)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return a.writeJSON(cs)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSERVICE\tSTATUS\tADDRESS\tIMAGE")
+			for _, c := range cs {
+				status := c.Status
+				if c.ExitCode != nil {
+					status = fmt.Sprintf("%s (%d)", status, *c.ExitCode)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Name, c.Service, status, c.Addr, c.Image)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "JSON output")
+	return cmd
+}
+
+func imageCmd(a *app) *cobra.Command {
+	img := &cobra.Command{Use: "image", Short: "Manage the images of compose services"}
+	img.AddCommand(&cobra.Command{
+		Use:   "load <archive>",
+		Short: "Load a docker save or OCI image archive into cilo's containerd namespace",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e := a.composeEngine()
+			defer e.Close()
+			names, err := e.LoadImage(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			for _, n := range names {
+				fmt.Fprintf(a.stdout, "loaded %s\n", n)
+			}
+			return nil
+		},
+	})
+	return img
+}
