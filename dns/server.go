@@ -14,6 +14,7 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 )
 
@@ -217,38 +218,51 @@ func (s *Server) Close() error {
 	return errors.Join(errs...)
 }
 
-// listener is one address served over UDP (our loop) and TCP (miekg's).
+// listener is one address served over UDP (our loops, one socket per
+// worker sharing the port through SO_REUSEPORT, so the kernel spreads
+// clients over cores) and TCP (miekg's server).
 type listener struct {
 	addr netip.AddrPort
-	udp  *net.UDPConn
+	udp  []*net.UDPConn
 	tcp  *mdns.Server
 	wg   sync.WaitGroup
 }
 
 func (l *listener) close() error {
-	err := l.udp.Close()
+	var errs []error
+	for _, c := range l.udp {
+		errs = append(errs, c.Close())
+	}
 	if l.tcp != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		if terr := l.tcp.ShutdownContext(ctx); terr != nil && !errors.Is(terr, context.DeadlineExceeded) {
-			err = errors.Join(err, terr)
+		if err := l.tcp.ShutdownContext(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			errs = append(errs, err)
 		}
 	}
 	l.wg.Wait()
-	return err
+	return errors.Join(errs...)
 }
 
-// freebind lets a listener bind an env's gateway before, or while, the
-// address is configured on the bridge, and rebind right after a restart.
-func freebind(network, address string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-		if serr == nil {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
-		}
-	})
-	return errors.Join(err, serr)
+// sockopts lets a listener bind an env's gateway before, or while, the
+// address is configured on the bridge (IP_FREEBIND), rebind right after a
+// restart (SO_REUSEADDR), and, for UDP, share its port between the
+// sockets of its workers (SO_REUSEPORT; the pidfile lock keeps other
+// cilo servers away).
+func sockopts(reuseport bool) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if serr == nil {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+			}
+			if serr == nil && reuseport {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}
+		})
+		return errors.Join(err, serr)
+	}
 }
 
 // growBuffers gives a busy listener 4 MiB socket buffers, beyond
@@ -268,129 +282,176 @@ func growBuffers(c *net.UDPConn) {
 	})
 }
 
-func (s *Server) listen(ap netip.AddrPort, workers int) (*listener, error) {
-	lc := net.ListenConfig{Control: freebind}
-	var (
-		pc  net.PacketConn
-		ln  net.Listener
-		err error
-	)
+// bind opens the UDP sockets and the TCP listener of ap; port 0 picks a
+// port free for both.
+func (s *Server) bind(ap netip.AddrPort, workers int) ([]*net.UDPConn, net.Listener, netip.AddrPort, error) {
+	ulc := net.ListenConfig{Control: sockopts(workers > 1)}
+	tlc := net.ListenConfig{Control: sockopts(false)}
+	var lastErr error
 	for try := 0; try < 10; try++ {
-		pc, err = lc.ListenPacket(s.ctx, "udp4", ap.String())
+		pc, err := ulc.ListenPacket(s.ctx, "udp4", ap.String())
 		if err != nil {
-			return nil, fmt.Errorf("listen on udp %s: %w", ap, err)
+			return nil, nil, ap, fmt.Errorf("listen on udp %s: %w", ap, err)
 		}
-		bound := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-		ln, err = lc.Listen(s.ctx, "tcp4", netip.AddrPortFrom(ap.Addr(), bound.Port()).String())
-		if err == nil {
-			ap = netip.AddrPortFrom(ap.Addr(), bound.Port())
-			break
+		bound := netip.AddrPortFrom(ap.Addr(), pc.LocalAddr().(*net.UDPAddr).AddrPort().Port())
+		ln, err := tlc.Listen(s.ctx, "tcp4", bound.String())
+		if err != nil {
+			pc.Close()
+			lastErr = fmt.Errorf("listen on tcp %s: %w", bound, err)
+			if ap.Port() != 0 {
+				return nil, nil, ap, lastErr
+			}
+			continue
 		}
-		pc.Close()
-		if ap.Port() != 0 {
-			return nil, fmt.Errorf("listen on tcp %s: %w", ap, err)
+		conns := []*net.UDPConn{pc.(*net.UDPConn)}
+		for len(conns) < workers {
+			pc, err := ulc.ListenPacket(s.ctx, "udp4", bound.String())
+			if err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				ln.Close()
+				return nil, nil, ap, fmt.Errorf("listen on udp %s: %w", bound, err)
+			}
+			conns = append(conns, pc.(*net.UDPConn))
 		}
+		return conns, ln, bound, nil
 	}
+	return nil, nil, ap, lastErr
+}
+
+func (s *Server) listen(ap netip.AddrPort, workers int) (*listener, error) {
+	conns, ln, bound, err := s.bind(ap, workers)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", ap, err)
+		return nil, err
 	}
-	l := &listener{addr: ap, udp: pc.(*net.UDPConn)}
-	if workers > 1 {
-		growBuffers(l.udp)
-	}
+	l := &listener{addr: bound, udp: conns}
 	l.tcp = &mdns.Server{Listener: ln, Handler: s.h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
-	l.wg.Add(1 + workers)
+	l.wg.Add(1 + len(conns))
 	go func() {
 		defer l.wg.Done()
 		if err := l.tcp.ActivateAndServe(); err != nil {
-			s.logf("dns: tcp %s: %v", ap, err)
+			s.logf("dns: tcp %s: %v", bound, err)
 		}
 	}()
-	view := ap.Addr()
-	for i := 0; i < workers; i++ {
+	for _, c := range conns {
+		if workers > 1 {
+			growBuffers(c)
+		}
 		go func() {
 			defer l.wg.Done()
-			s.serveUDP(l.udp, view)
+			s.serveUDP(c, bound.Addr())
 		}()
 	}
 	return l, nil
 }
 
-// serveUDP is the hot path: a cached answer is sent without allocating;
-// other answers from the zone are computed inline (microseconds) and
-// cached; only forwarded queries leave this goroutine.
+// batch is how many datagrams one recvmmsg/sendmmsg moves.
+const batch = 32
+
+// serveUDP is the hot path. Datagrams come and go in batches
+// (recvmmsg/sendmmsg: under load one syscall moves many); a cached answer
+// costs a map lookup and a copy; other answers from the zone are computed
+// inline (microseconds) and cached; only forwarded queries leave this
+// goroutine.
 func (s *Server) serveUDP(c *net.UDPConn, view netip.Addr) {
-	buf := make([]byte, 65535)
-	out := make([]byte, 0, 4096)
+	pc := ipv4.NewPacketConn(c)
+	in := make([]ipv4.Message, batch)
+	out := make([]ipv4.Message, batch)
+	outBuf := make([][]byte, batch)
+	for i := range in {
+		in[i].Buffers = [][]byte{make([]byte, 4096)}
+		out[i].Buffers = [][]byte{nil}
+		outBuf[i] = make([]byte, 0, 4096)
+	}
 	var key [16 + maxCachedReq]byte
 	v16 := view.As16()
 	copy(key[:16], v16[:])
 	for {
-		n, from, err := c.ReadFromUDPAddrPort(buf)
+		n, err := pc.ReadBatch(in, 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		pkt := buf[:n]
-		if n < 12 || pkt[2]&0x80 != 0 {
-			continue // not even a header, or a response: never answer those
-		}
 		z := s.zone.Load()
-		if n <= maxCachedReq {
-			k := key[:16+n-2]
-			copy(k[16:], pkt[2:])
-			if resp := z.cache.get(k); resp != nil {
-				out = append(out[:0], resp...)
-				out[0], out[1] = pkt[0], pkt[1]
-				c.WriteToUDPAddrPort(out, from)
-				continue
+		nout := 0
+		for i := range n {
+			pkt := in[i].Buffers[0][:in[i].N]
+			if b := s.answerPacket(c, z, view, &key, pkt, in[i].Addr, outBuf[nout][:0]); b != nil {
+				out[nout].Buffers[0], out[nout].Addr = b, in[i].Addr
+				nout++
 			}
 		}
-		r := new(mdns.Msg)
-		if err := r.Unpack(pkt); err != nil {
-			c.WriteToUDPAddrPort(formErr(pkt), from)
-			continue
-		}
-		m, fwd := s.h.local(z, view, r, true)
-		if !fwd {
-			if m == nil {
-				continue
-			}
-			b, err := m.Pack()
+		for sent := 0; sent < nout; {
+			k, err := pc.WriteBatch(out[sent:nout], 0)
 			if err != nil {
-				s.logf("dns: pack answer to %v: %v", r.Question, err)
-				continue
+				break // the client is gone or the buffer is full: UDP drops
 			}
-			if n <= maxCachedReq {
-				z.cache.put(key[:16+n-2], b)
-			}
-			c.WriteToUDPAddrPort(b, from)
-			continue
+			sent += k
 		}
+	}
+}
+
+// answerPacket returns the answer to pkt, appended to buf, or nil when
+// there is none to send now (dropped, or being forwarded).
+func (s *Server) answerPacket(c *net.UDPConn, z *Zone, view netip.Addr, key *[16 + maxCachedReq]byte, pkt []byte, from net.Addr, buf []byte) []byte {
+	n := len(pkt)
+	if n < 12 || pkt[2]&0x80 != 0 {
+		return nil // not even a header, or a response: never answer those
+	}
+	var k []byte
+	if n <= maxCachedReq {
+		k = key[:16+n-2]
+		copy(k[16:], pkt[2:])
+		if resp := z.cache.get(k); resp != nil {
+			buf = append(buf, resp...)
+			buf[0], buf[1] = pkt[0], pkt[1]
+			return buf
+		}
+	}
+	r := new(mdns.Msg)
+	if err := r.Unpack(pkt); err != nil {
+		return append(buf, formErr(pkt)...)
+	}
+	m, fwd := s.h.local(z, view, r, true)
+	if fwd {
 		select {
 		case s.slow <- struct{}{}:
 		default:
-			continue // too many upstream queries in flight: drop, the client retries
+			return nil // too many upstream queries in flight: drop, the client retries
 		}
 		go func() {
 			defer func() { <-s.slow }()
 			s.forwardUDP(c, r, m, from)
 		}()
+		return nil
 	}
+	if m == nil {
+		return nil
+	}
+	b, err := m.PackBuffer(buf)
+	if err != nil {
+		s.logf("dns: pack answer to %v: %v", r.Question, err)
+		return nil
+	}
+	if k != nil {
+		z.cache.put(k, slices.Clone(b))
+	}
+	return b
 }
 
 // forwardUDP answers a query that is not cilo's, on its own goroutine so
 // a slow upstream never stalls the listener.
-func (s *Server) forwardUDP(c *net.UDPConn, r, m *mdns.Msg, from netip.AddrPort) {
+func (s *Server) forwardUDP(c *net.UDPConn, r, m *mdns.Msg, to net.Addr) {
 	m = s.h.forward(s.ctx, r, m, true)
 	b, err := m.Pack()
 	if err != nil {
 		s.logf("dns: pack forwarded answer to %v: %v", r.Question, err)
 		return
 	}
-	c.WriteToUDPAddrPort(b, from)
+	c.WriteTo(b, to)
 }
 
 // formErr is the FORMERR answer to a request whose header is readable
