@@ -9,9 +9,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,84 +36,129 @@ type walkResult struct {
 	skipped []string // sockets, FIFOs and devices, left out of every copy
 }
 
-// walkTree lists root depth-first without following symlinks. Excluded
-// paths are not descended into, and special files are recorded in skipped
-// instead of entries so that no copy ever opens a FIFO (which would hang).
+// walkTree lists root without following symlinks, parents before
+// children. Excluded paths are not descended into, and special files are
+// recorded in skipped instead of entries so that no copy ever opens a FIFO
+// (which would hang). Directories are read by several goroutines: on a
+// large tree the walk is lstat after lstat, and those overlap well.
 func walkTree(ctx context.Context, root string, ex *excluder) (*walkResult, error) {
-	res := &walkResult{}
-	var rootEnt entry
-	if err := unix.Lstat(root, &rootEnt.st); err != nil {
+	rootNode := &dirNode{e: &entry{}}
+	if err := unix.Lstat(root, &rootNode.e.st); err != nil {
 		return nil, fmt.Errorf("stat %s: %w", root, err)
 	}
-	if rootEnt.typ() != unix.S_IFDIR {
+	if rootNode.e.typ() != unix.S_IFDIR {
 		return nil, fmt.Errorf("source %s: not a directory", root)
 	}
-	res.entries = append(res.entries, &rootEnt)
-	inodes := map[[2]uint64]string{}
-	var walk func(dir, rel string) error
-	walk = func(dir, rel string) error {
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+		sem   = make(chan struct{}, 2*runtime.NumCPU())
+	)
+	fail := func(err error) { once.Do(func() { first = err }) }
+	var visit func(n *dirNode)
+	visit = func(n *dirNode) {
+		defer wg.Done()
 		if err := ctx.Err(); err != nil {
-			return err
+			fail(err)
+			return
 		}
-		f, err := os.Open(dir)
-		if err != nil {
-			return fmt.Errorf("read directory %s: %w", dir, err)
+		if err := n.read(root, ex); err != nil {
+			fail(err)
+			return
 		}
-		names, err := f.Readdirnames(-1)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("read directory %s: %w", dir, err)
-		}
-		sort.Strings(names)
-		for _, name := range names {
-			p := dir + "/" + name
-			r := name
-			if rel != "" {
-				r = rel + "/" + name
+		for _, sub := range n.subdirs {
+			wg.Add(1)
+			select {
+			case sem <- struct{}{}:
+				go func() { visit(sub); <-sem }()
+			default:
+				visit(sub)
 			}
-			e := &entry{rel: r}
-			if err := unix.Lstat(p, &e.st); err != nil {
-				if errors.Is(err, unix.ENOENT) {
-					continue // removed while we walked
-				}
-				return fmt.Errorf("stat %s: %w", p, err)
-			}
-			isDir := e.typ() == unix.S_IFDIR
-			if ex.match(r, isDir) {
+		}
+	}
+	wg.Add(1)
+	visit(rootNode)
+	wg.Wait()
+	if first != nil {
+		return nil, first
+	}
+	res := &walkResult{}
+	inodes := map[[2]uint64]string{}
+	var collect func(n *dirNode)
+	collect = func(n *dirNode) {
+		res.entries = append(res.entries, n.e)
+		res.skipped = append(res.skipped, n.skipped...)
+		si := 0
+		for _, e := range n.children {
+			if e.typ() == unix.S_IFDIR {
+				collect(n.subdirs[si])
+				si++
 				continue
 			}
-			switch e.typ() {
-			case unix.S_IFDIR:
-				res.entries = append(res.entries, e)
-				if err := walk(p, r); err != nil {
-					return err
-				}
-			case unix.S_IFREG:
+			if e.typ() == unix.S_IFREG {
 				if e.st.Nlink > 1 {
 					k := [2]uint64{e.st.Dev, e.st.Ino}
 					if first, ok := inodes[k]; ok {
 						e.link = first
 					} else {
-						inodes[k] = r
+						inodes[k] = e.rel
 					}
 				}
 				if e.link == "" {
 					res.files++
 					res.bytes += e.st.Size
 				}
-				res.entries = append(res.entries, e)
-			case unix.S_IFLNK:
-				res.entries = append(res.entries, e)
-			default:
-				res.skipped = append(res.skipped, r)
 			}
+			res.entries = append(res.entries, e)
 		}
-		return nil
 	}
-	if err := walk(root, ""); err != nil {
-		return nil, err
-	}
+	collect(rootNode)
 	return res, nil
+}
+
+// dirNode is one directory of a walk with what it holds, in name order.
+type dirNode struct {
+	e        *entry
+	children []*entry
+	subdirs  []*dirNode // the directory children, in the same order
+	skipped  []string
+}
+
+func (n *dirNode) read(root string, ex *excluder) error {
+	dir := join(root, n.e.rel)
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("read directory %s: %w", dir, err)
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("read directory %s: %w", dir, err)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		e := &entry{rel: join2(n.e.rel, name)}
+		if err := unix.Lstat(dir+"/"+name, &e.st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue // removed while we walked
+			}
+			return fmt.Errorf("stat %s: %w", dir+"/"+name, err)
+		}
+		if ex.match(e.rel, e.typ() == unix.S_IFDIR) {
+			continue
+		}
+		switch e.typ() {
+		case unix.S_IFDIR:
+			n.children = append(n.children, e)
+			n.subdirs = append(n.subdirs, &dirNode{e: e})
+		case unix.S_IFREG, unix.S_IFLNK:
+			n.children = append(n.children, e)
+		default:
+			n.skipped = append(n.skipped, e.rel)
+		}
+	}
+	return nil
 }
 
 // copier copies entries from one tree to another, preserving modes,
@@ -123,14 +171,16 @@ type copier struct {
 	reflink  atomic.Int32 // 0 untried, 1 works, -1 unavailable
 	noClone  bool
 	asRoot   bool
+	uid, gid uint32 // what a new file gets without chown
+	umask    uint32
 
 	doneFiles atomic.Int64
 	doneBytes atomic.Int64
 }
 
 func newCopier(src, dst string, tryReflink bool) *copier {
-	c := &copier{src: src, dst: dst, noClone: !tryReflink, asRoot: os.Geteuid() == 0}
-	return c
+	return &copier{src: src, dst: dst, noClone: !tryReflink, asRoot: os.Geteuid() == 0,
+		uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), umask: readUmask()}
 }
 
 // reflinked reports whether at least one file was cloned and none copied.
@@ -264,7 +314,7 @@ func (c *copier) copyFile(src, dst string, st *unix.Stat_t) error {
 		return fmt.Errorf("open %s: %w", src, err)
 	}
 	defer unix.Close(in)
-	out, err := unix.Open(dst, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+	out, err := unix.Open(dst, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, st.Mode&0o777)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", dst, err)
 	}
@@ -347,22 +397,45 @@ func plainCopy(in, out int) error {
 	}
 }
 
-// setMetaFd applies ownership, mode and timestamps to an open regular file.
+// setMetaFd applies ownership, mode and timestamps to a regular file just
+// created with st's permission bits. On a tree of small files these calls
+// are most of the cost, so each is made only when the new file differs.
 // Ownership goes first because chown clears the setuid and setgid bits.
 func (c *copier) setMetaFd(fd int, path string, st *unix.Stat_t) error {
-	if c.asRoot {
+	chown := c.asRoot && (st.Uid != c.uid || st.Gid != c.gid)
+	if chown {
 		if err := unix.Fchown(fd, int(st.Uid), int(st.Gid)); err != nil {
 			return fmt.Errorf("chown %s: %w", path, err)
 		}
 	}
-	if err := unix.Fchmod(fd, st.Mode&0o7777); err != nil {
-		return fmt.Errorf("chmod %s: %w", path, err)
+	want := st.Mode & 0o7777
+	if want&0o7000 != 0 || want&c.umask != 0 {
+		if err := unix.Fchmod(fd, want); err != nil {
+			return fmt.Errorf("chmod %s: %w", path, err)
+		}
 	}
-	ts := []unix.Timespec{st.Atim, st.Mtim}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, 0); err != nil {
-		return fmt.Errorf("set times of %s: %w", path, err)
+	ts := [2]unix.Timespec{st.Atim, st.Mtim}
+	// utimensat(fd, NULL, ...) is futimens: no second path lookup.
+	if _, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0); errno != 0 {
+		return fmt.Errorf("set times of %s: %w", path, errno)
 	}
 	return nil
+}
+
+// readUmask returns the process umask without changing it (reading it
+// with umask(2) would briefly change it for every thread).
+func readUmask() uint32 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+				if n, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+					return uint32(n)
+				}
+			}
+		}
+	}
+	return 0o777 // unknown: always chmod
 }
 
 // setMeta applies ownership, mode and timestamps to a path; symlinks have

@@ -104,10 +104,12 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 		}
 	}()
 
+	t0 := time.Now()
 	st, err := fingerprint(ctx, src, ex, o.Exclude, class)
 	if err != nil {
 		return nil, fmt.Errorf("read source state of %s: %w", src, err)
 	}
+	t1 := time.Now()
 	meta := &wsMeta{
 		Workspace: Workspace{ID: id, Source: src, Mode: mode},
 		Created:   time.Now().UTC(),
@@ -132,6 +134,7 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 	if err != nil {
 		return nil, err
 	}
+	t2 := time.Now()
 	link, err := readGitLink(src)
 	if err != nil {
 		return nil, err
@@ -157,6 +160,9 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 			return nil, err
 		}
 	}
+	m.logf("workspace %s: %s over base %s (%d layers): state %s, base %s, setup %s", id, meta.Mode, base.ID,
+		len(base.Layers), t1.Sub(t0).Round(time.Microsecond), t2.Sub(t1).Round(time.Microsecond),
+		time.Since(t2).Round(time.Microsecond))
 	out := meta.Workspace
 	return &out, nil
 }
