@@ -520,16 +520,22 @@ func isTerminal(w io.Writer) bool {
 
 // snapshotTree copies src into dst (created here) and reports whether every
 // regular file was reflinked. On any error dst is removed.
-func snapshotTree(ctx context.Context, src, dst string, ex *excluder, tryReflink bool, progOut io.Writer, logf func(string, ...any)) (w *walkResult, reflinked bool, err error) {
-	w, err = walkTree(ctx, src, ex)
+func snapshotTree(ctx context.Context, src, dst string, ex *excluder, tryReflink bool, progOut io.Writer, logf func(string, ...any)) (bool, error) {
+	w, err := walkTree(ctx, src, ex)
 	if err != nil {
-		return nil, false, err
+		return false, err
 	}
+	return copyWalked(ctx, src, dst, w, tryReflink, progOut, logf)
+}
+
+// copyWalked copies what a walk of src found into dst (created here). On
+// any error dst is removed.
+func copyWalked(ctx context.Context, src, dst string, w *walkResult, tryReflink bool, progOut io.Writer, logf func(string, ...any)) (reflinked bool, err error) {
 	for _, s := range w.skipped {
 		logf("snapshot %s: skipping %q: sockets, FIFOs and devices are not copied", src, s)
 	}
 	if err := os.Mkdir(dst, 0o700); err != nil {
-		return nil, false, fmt.Errorf("create snapshot directory: %w", err)
+		return false, fmt.Errorf("create snapshot directory: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -539,8 +545,8 @@ func snapshotTree(ctx context.Context, src, dst string, ex *excluder, tryReflink
 	c := newCopier(src, dst, tryReflink)
 	prog := newProgress(progOut, "snapshot "+filepath.Base(src), w)
 	if err := c.copyTree(ctx, w, prog); err != nil {
-		return nil, false, fmt.Errorf("snapshot %s: %w", src, err)
+		return false, fmt.Errorf("snapshot %s: %w", src, err)
 	}
 	prog.finish(c)
-	return w, c.reflinked(), nil
+	return c.reflinked(), nil
 }

@@ -24,16 +24,17 @@ const (
 
 // baseMeta is what root/b/<id>/meta.json holds.
 type baseMeta struct {
-	ID       string      `json:"id"`
-	State    sourceState `json:"state"`
-	Excludes []string    `json:"excludes,omitempty"`
-	Class    string      `json:"class"`
-	Parent   string      `json:"parent,omitempty"`
-	Layers   []string    `json:"layers"` // base ids, top first, this one included
-	Reflink  bool        `json:"reflink"`
-	Files    int         `json:"files"`
-	Bytes    int64       `json:"bytes"`
-	Created  time.Time   `json:"created"`
+	ID       string    `json:"id"`
+	Key      string    `json:"key"`
+	Source   string    `json:"source"`
+	Excludes []string  `json:"excludes,omitempty"`
+	Class    string    `json:"class"`
+	Parent   string    `json:"parent,omitempty"`
+	Layers   []string  `json:"layers"` // base ids, top first, this one included
+	Reflink  bool      `json:"reflink"`
+	Files    int       `json:"files"`
+	Bytes    int64     `json:"bytes"`
+	Created  time.Time `json:"created"`
 }
 
 // Base classes: overlay bases may be thin layers, copy bases never are
@@ -105,11 +106,6 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 	}()
 
 	t0 := time.Now()
-	st, err := fingerprint(ctx, src, ex, o.Exclude, class)
-	if err != nil {
-		return nil, fmt.Errorf("read source state of %s: %w", src, err)
-	}
-	t1 := time.Now()
 	meta := &wsMeta{
 		Workspace: Workspace{ID: id, Source: src, Mode: mode},
 		Created:   time.Now().UTC(),
@@ -121,7 +117,7 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 	} else {
 		meta.Path = filepath.Join(dir, "tree")
 	}
-	base, err := m.ensureBase(ctx, st, ex, o.Exclude, class, func(b *baseMeta) error {
+	register := func(b *baseMeta) error {
 		meta.Base = b.ID
 		if mode == ModeOverlay {
 			meta.Layers = nil
@@ -130,9 +126,28 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 			}
 		}
 		return m.writeWS(meta)
-	})
-	if err != nil {
-		return nil, err
+	}
+	// Fast path: the source is exactly as when its newest base was made.
+	var base *baseMeta
+	how := "unchanged"
+	if prev := m.newestBase(src, o.Exclude, class); prev != nil {
+		if man, err := readManifest(filepath.Join(m.baseDir(prev.ID), "manifest")); err == nil && unchanged(ctx, src, man) {
+			if base, _, err = m.registerExisting(prev.ID, register); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if base == nil {
+		how = "walked"
+		w, err := walkTree(ctx, src, ex)
+		if err != nil {
+			return nil, fmt.Errorf("read source state of %s: %w", src, err)
+		}
+		man := manifestFromWalk(w)
+		base, err = m.ensureBase(ctx, man.key(class, src, o.Exclude), src, w, man, ex, o.Exclude, class, register)
+		if err != nil {
+			return nil, err
+		}
 	}
 	t2 := time.Now()
 	link, err := readGitLink(src)
@@ -160,9 +175,8 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 			return nil, err
 		}
 	}
-	m.logf("workspace %s: %s over base %s (%d layers): state %s, base %s, setup %s", id, meta.Mode, base.ID,
-		len(base.Layers), t1.Sub(t0).Round(time.Microsecond), t2.Sub(t1).Round(time.Microsecond),
-		time.Since(t2).Round(time.Microsecond))
+	m.logf("workspace %s: %s over base %s (%d layers, source %s): base in %s, set up in %s", id, meta.Mode, base.ID,
+		len(base.Layers), how, t2.Sub(t0).Round(time.Microsecond), time.Since(t2).Round(time.Microsecond))
 	out := meta.Workspace
 	return &out, nil
 }
@@ -193,7 +207,7 @@ func (m *Manager) prepareOverlay(w *wsMeta, b *baseMeta, link *gitLink) error {
 // filesystem can (ModeReflink), else by copy (ModeCopy).
 func (m *Manager) prepareCopy(ctx context.Context, w *wsMeta, b *baseMeta, link *gitLink) error {
 	tryReflink := m.opts.force != ModeCopy
-	_, reflinked, err := snapshotTree(ctx, m.layerDir(b.ID), w.Path, nil, tryReflink, m.opts.progress, m.logf)
+	reflinked, err := snapshotTree(ctx, m.layerDir(b.ID), w.Path, nil, tryReflink, m.opts.progress, m.logf)
 	if err != nil {
 		return fmt.Errorf("copy base into workspace %q: %w", w.ID, err)
 	}
@@ -252,11 +266,11 @@ func (m *Manager) abort(ctx context.Context, id string) {
 	}
 }
 
-// ensureBase finds or builds the base for st and calls register with it
-// while holding the root lock, so that no concurrent Remove can collect the
-// base between its choice and its first use.
-func (m *Manager) ensureBase(ctx context.Context, st *sourceState, ex *excluder, excludes []string, class string, register func(*baseMeta) error) (*baseMeta, error) {
-	id := st.Key[:20]
+// ensureBase finds or builds the base of state key and calls register with
+// it while holding the root lock, so that no concurrent Remove can collect
+// the base between its choice and its first use.
+func (m *Manager) ensureBase(ctx context.Context, key, src string, w *walkResult, man manifest, ex *excluder, excludes []string, class string, register func(*baseMeta) error) (*baseMeta, error) {
+	id := key[:20]
 	if b, ok, err := m.registerExisting(id, register); ok || err != nil {
 		return b, err
 	}
@@ -269,10 +283,11 @@ func (m *Manager) ensureBase(ctx context.Context, st *sourceState, ex *excluder,
 	if b, ok, err := m.registerExisting(id, register); ok || err != nil {
 		return b, err
 	}
+	b := &baseMeta{ID: id, Key: key, Source: src, Excludes: excludes, Class: class}
 	allowThin := class == classOverlay
 	for {
-		b, err := m.buildBase(ctx, id, st, ex, excludes, class, allowThin)
-		if err != nil {
+		b.Created = time.Now().UTC()
+		if err := m.buildBase(ctx, b, w, man, ex, allowThin); err != nil {
 			return nil, err
 		}
 		ok, err := m.install(b, register)
@@ -330,59 +345,55 @@ func (m *Manager) install(b *baseMeta, register func(*baseMeta) error) (bool, er
 	return true, register(b)
 }
 
-// buildBase builds base id in root/tmp: a thin layer over the newest base of
-// the same source when that is cheaper, a whole snapshot otherwise.
-func (m *Manager) buildBase(ctx context.Context, id string, st *sourceState, ex *excluder, excludes []string, class string, allowThin bool) (*baseMeta, error) {
-	tmp := filepath.Join(m.root, dirTmp, id)
+// buildBase builds base b in root/tmp: a thin layer over the newest base
+// of the same source when that is cheaper, a whole snapshot otherwise.
+func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man manifest, ex *excluder, allowThin bool) error {
+	tmp := filepath.Join(m.root, dirTmp, b.ID)
 	if err := os.RemoveAll(tmp); err != nil { // left by a crashed builder
-		return nil, fmt.Errorf("clean %s: %w", tmp, err)
+		return fmt.Errorf("clean %s: %w", tmp, err)
 	}
 	if err := os.Mkdir(tmp, 0o755); err != nil {
-		return nil, fmt.Errorf("create %s: %w", tmp, err)
+		return fmt.Errorf("create %s: %w", tmp, err)
 	}
-	b := &baseMeta{ID: id, State: *st, Excludes: excludes, Class: class, Created: time.Now().UTC()}
-	ok, err := m.buildThin(ctx, b, st, ex, tmp, allowThin)
+	ok, err := m.buildThin(ctx, b, man, ex, tmp, allowThin)
 	if err == nil && !ok {
-		err = m.buildFull(ctx, b, st, ex, tmp)
+		err = m.buildFull(ctx, b, w, tmp)
+	}
+	if err == nil {
+		err = writeManifest(filepath.Join(tmp, "manifest"), man)
 	}
 	if err == nil {
 		err = writeJSON(filepath.Join(tmp, "meta.json"), b)
 	}
 	if err != nil {
 		os.RemoveAll(tmp)
-		return nil, err
+		return err
 	}
-	return b, nil
+	return nil
 }
 
-func (m *Manager) buildFull(ctx context.Context, b *baseMeta, st *sourceState, ex *excluder, tmp string) error {
+func (m *Manager) buildFull(ctx context.Context, b *baseMeta, w *walkResult, tmp string) error {
 	start := time.Now()
-	w, reflinked, err := snapshotTree(ctx, st.Source, filepath.Join(tmp, "t"), ex, true, m.opts.progress, m.logf)
+	reflinked, err := copyWalked(ctx, b.Source, filepath.Join(tmp, "t"), w, true, m.opts.progress, m.logf)
 	if err != nil {
 		return err
 	}
+	b.Parent = ""
 	b.Layers = []string{b.ID}
 	b.Reflink = reflinked
 	b.Files, b.Bytes = w.files, w.bytes
-	prefix := ""
-	if st.Kind == kindGit {
-		prefix = ".git"
-	}
-	if err := writeJSON(filepath.Join(tmp, "manifest.json"), manifestFromWalk(w, prefix)); err != nil {
-		return err
-	}
 	how := "copied"
 	if reflinked {
 		how = "reflinked"
 	}
-	m.logf("base %s: %s %d files (%d MB) from %s in %s", b.ID, how, w.files, w.bytes>>20, st.Source,
+	m.logf("base %s: %s %d files (%d MB) from %s in %s", b.ID, how, w.files, w.bytes>>20, b.Source,
 		time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
 // newestBase returns the most recent installed base of the same source,
 // exclude list and class.
-func (m *Manager) newestBase(st *sourceState, excludes []string, class string) *baseMeta {
+func (m *Manager) newestBase(src string, excludes []string, class string) *baseMeta {
 	ents, err := os.ReadDir(filepath.Join(m.root, dirBases))
 	if err != nil {
 		return nil
@@ -390,8 +401,7 @@ func (m *Manager) newestBase(st *sourceState, excludes []string, class string) *
 	var best *baseMeta
 	for _, e := range ents {
 		b, err := m.readBase(e.Name())
-		if err != nil || b.Class != class || b.State.Source != st.Source || b.State.Kind != st.Kind ||
-			fmt.Sprint(b.Excludes) != fmt.Sprint(excludes) {
+		if err != nil || b.Class != class || b.Source != src || fmt.Sprint(b.Excludes) != fmt.Sprint(excludes) {
 			continue
 		}
 		if best == nil || b.Created.After(best.Created) {
@@ -403,67 +413,26 @@ func (m *Manager) newestBase(st *sourceState, excludes []string, class string) *
 
 // buildThin builds a layer holding only what changed since the newest base
 // of the same source. It reports false when a whole snapshot is due instead.
-func (m *Manager) buildThin(ctx context.Context, b *baseMeta, st *sourceState, ex *excluder, tmp string, allowThin bool) (bool, error) {
+func (m *Manager) buildThin(ctx context.Context, b *baseMeta, man manifest, ex *excluder, tmp string, allowThin bool) (bool, error) {
 	if !allowThin {
 		return false, nil
 	}
-	unlock, err := m.lock()
-	if err != nil {
-		return false, err
-	}
-	parent := m.newestBase(st, b.Excludes, b.Class)
-	unlock()
+	parent := m.newestBase(b.Source, b.Excludes, b.Class)
 	if parent == nil || len(parent.Layers) >= maxLayers {
 		return false, nil
 	}
-	var old manifest
-	if err := readJSON(filepath.Join(m.baseDir(parent.ID), "manifest.json"), &old); err != nil {
+	old, err := readManifest(filepath.Join(m.baseDir(parent.ID), "manifest"))
+	if err != nil {
 		return false, nil // collected meanwhile
 	}
 	start := time.Now()
-	var (
-		paths []string
-		cur   manifest
-	)
-	switch st.Kind {
-	case kindTree:
-		cur = st.manifest
-		paths = changedPaths(old, cur)
-	case kindGit:
-		if parent.State.Head != st.Head {
-			out, err := runGit(ctx, st.Source, "diff", "--name-only", "-z", "--no-renames", parent.State.Head, st.Head, "--")
-			if err != nil {
-				m.logf("base %s: %v: taking a whole snapshot", b.ID, err)
-				return false, nil
-			}
-			for _, p := range strings.Split(string(out), "\x00") {
-				if p != "" {
-					paths = append(paths, p)
-				}
-			}
-		}
-		for p := range parent.State.Dirty {
-			paths = append(paths, p)
-		}
-		for p := range st.Dirty {
-			paths = append(paths, p)
-		}
-		if cur, err = walkManifest(ctx, st.Source, ".git", nil); err != nil {
-			return false, err
-		}
-		paths = append(paths, changedPaths(old, cur)...)
-	}
-	paths = uniq(paths)
+	paths := changedPaths(old, man)
 	if len(paths) > maxThinPaths {
 		return false, nil
 	}
-	layer := filepath.Join(tmp, "t")
-	n, err := buildLayer(ctx, st.Source, layer, paths, ex, m.logf)
+	n, err := buildLayer(ctx, b.Source, filepath.Join(tmp, "t"), paths, ex, m.logf)
 	if err != nil {
-		return false, fmt.Errorf("thin layer for %s: %w", st.Source, err)
-	}
-	if err := writeJSON(filepath.Join(tmp, "manifest.json"), cur); err != nil {
-		return false, err
+		return false, fmt.Errorf("thin layer for %s: %w", b.Source, err)
 	}
 	b.Parent = parent.ID
 	b.Layers = append([]string{b.ID}, parent.Layers...)

@@ -1,44 +1,41 @@
 package overlayfs
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"sort"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
 
-// Source kinds: how a source state is fingerprinted.
-const (
-	kindGit  = "git"  // HEAD plus git status of dirty and untracked files
-	kindTree = "tree" // every entry's metadata
-)
-
-// stamp is what a fingerprint remembers of one path: enough metadata that
-// any edit, chmod, chown, rename or replacement changes it.
+// stamp is what a source state remembers of one path: enough metadata that
+// any edit, chmod, chown, rename or replacement changes it. ctime is the
+// key: no user can set it back, so a changed file never passes for an
+// unchanged one, whatever its mtime says.
 type stamp struct {
-	Mode  uint32 `json:"m"`
-	Size  int64  `json:"s,omitempty"`
-	Mtime int64  `json:"t,omitempty"`
-	Ctime int64  `json:"c,omitempty"`
-	Ino   uint64 `json:"i,omitempty"`
-	UID   uint32 `json:"u,omitempty"`
-	GID   uint32 `json:"g,omitempty"`
+	Mode  uint32
+	Size  int64
+	Mtime int64
+	Ctime int64
+	Ino   uint64
+	UID   uint32
+	GID   uint32
 }
 
-// manifest maps slash-separated relative paths to stamps.
-type manifest map[string]stamp
-
 // immutableRel reports paths whose content never changes once written:
-// git objects and packs are named by their content, so a name is enough and
-// a walk of .git does not have to stat tens of thousands of loose objects.
+// git objects and packs are named by their content, so their name is all
+// a state needs, and checking a state does not stat thousands of loose
+// objects (their directory's stamp shows objects coming and going).
 func immutableRel(rel string) bool {
 	return strings.HasPrefix(rel, ".git/objects/")
 }
@@ -58,247 +55,221 @@ func stampOf(rel string, st *unix.Stat_t) stamp {
 	}
 }
 
-// sourceState is one state of a source directory; equal states share one
-// base snapshot.
-type sourceState struct {
-	Kind     string           `json:"kind"`
-	Source   string           `json:"source"`
-	Head     string           `json:"head,omitempty"`
-	Branch   string           `json:"branch,omitempty"`
-	Status   string           `json:"status,omitempty"` // hash of the git status records
-	Dirty    map[string]stamp `json:"dirty,omitempty"`
-	Key      string           `json:"key"`
-	manifest manifest         // tree kind: the whole tree; git kind: computed on demand
+// mentry is one path of a manifest.
+type mentry struct {
+	rel string // "" is the root
+	s   stamp
 }
 
-// fingerprint computes the state of src. class separates bases that must not
-// be shared (overlay bases may be thin, copy bases are always whole).
-func fingerprint(ctx context.Context, src string, ex *excluder, excludes []string, class string) (*sourceState, error) {
-	h := sha256.New()
-	fmt.Fprintf(h, "cilo-base-v1\x00%s\x00%s\x00%q\x00", class, src, excludes)
-	if isGitSource(src) {
-		st, err := gitState(ctx, src, ex)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(h, "git\x00%s\x00%s\x00%s\x00", st.Head, st.Branch, st.Status)
-		writeStamps(h, st.Dirty)
-		st.Key = hex.EncodeToString(h.Sum(nil))
-		return st, nil
+// manifest is the state of a source tree: every path below it (excluded
+// paths and special files left out) with its stamp, parents before
+// children. For a git repository this covers HEAD and the index (files in
+// .git), dirty and untracked files, and ignored files too.
+type manifest []mentry
+
+func manifestFromWalk(w *walkResult) manifest {
+	man := make(manifest, 0, len(w.entries))
+	for _, e := range w.entries {
+		man = append(man, mentry{rel: e.rel, s: stampOf(e.rel, &e.st)})
 	}
-	man, err := walkManifest(ctx, src, "", ex)
+	return man
+}
+
+// key names a state: equal keys, equal trees. class separates bases that
+// must not be shared (overlay bases may be thin, copy bases never are).
+func (man manifest) key(class, src string, excludes []string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "cilo-base-v2\x00%s\x00%s\x00%q\x00", class, src, excludes)
+	var b [64]byte
+	for _, e := range man {
+		h.Write([]byte(e.rel))
+		n := putStamp(b[:0], e.s)
+		h.Write(n)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func putStamp(b []byte, s stamp) []byte {
+	b = binary.AppendUvarint(b, uint64(s.Mode))
+	b = binary.AppendVarint(b, s.Size)
+	b = binary.AppendVarint(b, s.Mtime)
+	b = binary.AppendVarint(b, s.Ctime)
+	b = binary.AppendUvarint(b, s.Ino)
+	b = binary.AppendUvarint(b, uint64(s.UID))
+	return binary.AppendUvarint(b, uint64(s.GID))
+}
+
+// A manifest file is the magic line, then per entry: uvarint length, the
+// path, the stamp as varints. Compact and quick to load: the check that a
+// source is unchanged reads it on every Create.
+const manifestMagic = "cilo-manifest-v1\n"
+
+func writeManifest(path string, man manifest) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	w := bufio.NewWriterSize(f, 256<<10)
+	w.WriteString(manifestMagic)
+	var b []byte
+	for _, e := range man {
+		b = binary.AppendUvarint(b[:0], uint64(len(e.rel)))
+		b = append(b, e.rel...)
+		b = putStamp(b, e.s)
+		w.Write(b)
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write manifest: %w", err)
+	}
+	return nil
+}
+
+func readManifest(path string) (manifest, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(h, "tree\x00")
-	writeStamps(h, man)
-	return &sourceState{Kind: kindTree, Source: src, manifest: man, Key: hex.EncodeToString(h.Sum(nil))}, nil
+	// Paths are substrings of one string: no allocation per entry.
+	buf, ok := strings.CutPrefix(string(data), manifestMagic)
+	if !ok {
+		return nil, fmt.Errorf("manifest %s: bad header", path)
+	}
+	man := make(manifest, 0, len(buf)/48)
+	var r manifestReader
+	r.buf = buf
+	for len(r.buf) > 0 && r.err == nil {
+		l := r.uvarint()
+		if r.err != nil || l > uint64(len(r.buf)) {
+			return nil, fmt.Errorf("manifest %s: truncated", path)
+		}
+		e := mentry{rel: r.buf[:l]}
+		r.buf = r.buf[l:]
+		e.s.Mode = uint32(r.uvarint())
+		e.s.Size = r.varint()
+		e.s.Mtime = r.varint()
+		e.s.Ctime = r.varint()
+		e.s.Ino = r.uvarint()
+		e.s.UID = uint32(r.uvarint())
+		e.s.GID = uint32(r.uvarint())
+		man = append(man, e)
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", path, r.err)
+	}
+	return man, nil
 }
 
-func writeStamps(w interface{ Write([]byte) (int, error) }, m map[string]stamp) {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+type manifestReader struct {
+	buf string
+	err error
+}
+
+func (r *manifestReader) uvarint() uint64 {
+	var x uint64
+	var s uint
+	for i := 0; i < len(r.buf) && i < binary.MaxVarintLen64; i++ {
+		b := r.buf[i]
+		if b < 0x80 {
+			r.buf = r.buf[i+1:]
+			return x | uint64(b)<<s
+		}
+		x |= uint64(b&0x7f) << s
+		s += 7
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		s := m[k]
-		fmt.Fprintf(w, "%s\x00%o %d %d %d %d %d %d\x00", k, s.Mode, s.Size, s.Mtime, s.Ctime, s.Ino, s.UID, s.GID)
+	r.err = errTruncated
+	r.buf = ""
+	return 0
+}
+
+func (r *manifestReader) varint() int64 {
+	ux := r.uvarint()
+	x := int64(ux >> 1)
+	if ux&1 != 0 {
+		x = ^x
 	}
+	return x
+}
+
+var errTruncated = errors.New("truncated")
+
+// unchanged reports whether src still matches man: every recorded path has
+// the same stamp. Directories' stamps change when entries appear,
+// disappear or are renamed in them, so new paths are caught too. Workers
+// stat in parallel and stop at the first difference.
+func unchanged(ctx context.Context, src string, man manifest) bool {
+	dirfd, err := unix.Open(src, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_PATH, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(dirfd)
+	var (
+		diff atomic.Bool
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	const chunk = 256
+	workers := 2 * runtime.NumCPU()
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var st unix.Stat_t
+			for !diff.Load() && ctx.Err() == nil {
+				lo := int(next.Add(chunk)) - chunk
+				if lo >= len(man) {
+					return
+				}
+				for _, e := range man[lo:min(lo+chunk, len(man))] {
+					if e.s.Mode&unix.S_IFMT != unix.S_IFDIR && immutableRel(e.rel) {
+						continue
+					}
+					rel := e.rel
+					if rel == "" {
+						rel = "."
+					}
+					if unix.Fstatat(dirfd, rel, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || stampOf(e.rel, &st) != e.s {
+						diff.Store(true)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return !diff.Load() && ctx.Err() == nil
+}
+
+// changedPaths lists the paths whose stamps differ between two manifests,
+// including paths only one of them has.
+func changedPaths(old, cur manifest) []string {
+	om := make(map[string]stamp, len(old))
+	for _, e := range old {
+		om[e.rel] = e.s
+	}
+	var out []string
+	for _, e := range cur {
+		if s, ok := om[e.rel]; !ok || s != e.s {
+			out = append(out, e.rel)
+		}
+		delete(om, e.rel)
+	}
+	for rel := range om {
+		out = append(out, rel)
+	}
+	return out
 }
 
 // isGitSource reports whether src is the top of a git working tree (a .git
 // directory, or a .git file for worktrees and submodules) and git is
-// installed to read it.
+// installed to work with it.
 func isGitSource(src string) bool {
 	if _, err := os.Lstat(src + "/.git"); err != nil {
 		return false
 	}
 	_, err := exec.LookPath("git")
 	return err == nil
-}
-
-// gitState reads HEAD, the branch and every dirty or untracked path with
-// one git status. --no-optional-locks keeps git from refreshing the
-// source's index: reading the source must never write to it.
-func gitState(ctx context.Context, src string, ex *excluder) (*sourceState, error) {
-	out, err := runGit(ctx, src, "--no-optional-locks", "status", "--porcelain=v2", "-z", "--branch",
-		"--untracked-files=all", "--ignored=no", "--no-renames", "--ignore-submodules=none")
-	if err != nil {
-		return nil, err
-	}
-	st := &sourceState{Kind: kindGit, Source: src, Dirty: map[string]stamp{}}
-	var records bytes.Buffer
-	for _, rec := range bytes.Split(out, []byte{0}) {
-		if len(rec) == 0 {
-			continue
-		}
-		r := string(rec)
-		var p string
-		switch r[0] {
-		case '#':
-			if v, ok := strings.CutPrefix(r, "# branch.oid "); ok {
-				st.Head = v
-			} else if v, ok := strings.CutPrefix(r, "# branch.head "); ok {
-				st.Branch = v
-			}
-			continue
-		case '1':
-			p = field(r, 8)
-		case '2':
-			p = field(r, 9)
-		case 'u':
-			p = field(r, 10)
-		case '?', '!':
-			p = r[2:]
-		default:
-			return nil, fmt.Errorf("git status in %s: unexpected record %q", src, r)
-		}
-		if p == "" || ex.matchPath(p) {
-			continue
-		}
-		var s unix.Stat_t
-		var stp stamp
-		if err := unix.Lstat(src+"/"+p, &s); err == nil {
-			stp = stampOf(p, &s)
-		}
-		st.Dirty[p] = stp
-		// The record itself (staged or not, which modes and blobs) is part
-		// of the state: a git add changes the index, not the file.
-		records.Write(rec)
-		records.WriteByte(0)
-	}
-	sum := sha256.Sum256(records.Bytes())
-	st.Status = hex.EncodeToString(sum[:])
-	if st.Head == "" {
-		return nil, fmt.Errorf("git status in %s: no HEAD reported", src)
-	}
-	return st, nil
-}
-
-// field returns what follows the n-th space of a status record: the path,
-// which may itself contain spaces.
-func field(r string, n int) string {
-	parts := strings.SplitN(r, " ", n+1)
-	if len(parts) <= n {
-		return ""
-	}
-	return parts[n]
-}
-
-// walkManifest stamps every entry below root/prefix. Entries of immutable
-// directories are read by name only.
-func walkManifest(ctx context.Context, root, prefix string, ex *excluder) (manifest, error) {
-	man := manifest{}
-	var walk func(rel string) error
-	walk = func(rel string) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		dir := join(root, rel)
-		f, err := os.Open(dir)
-		if err != nil {
-			return fmt.Errorf("read directory %s: %w", dir, err)
-		}
-		ents, err := f.ReadDir(-1)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("read directory %s: %w", dir, err)
-		}
-		for _, de := range ents {
-			r := de.Name()
-			if rel != "" {
-				r = rel + "/" + r
-			}
-			isDir := de.IsDir()
-			if ex.match(r, isDir) {
-				continue
-			}
-			if immutableRel(r) && !isDir {
-				man[r] = stamp{Mode: uint32(modeType(de.Type()))}
-				continue
-			}
-			var st unix.Stat_t
-			if err := unix.Lstat(dir+"/"+de.Name(), &st); err != nil {
-				if errors.Is(err, unix.ENOENT) {
-					continue
-				}
-				return fmt.Errorf("stat %s: %w", dir+"/"+de.Name(), err)
-			}
-			man[r] = stampOf(r, &st)
-			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				if err := walk(r); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}
-	if prefix != "" {
-		var st unix.Stat_t
-		if err := unix.Lstat(join(root, prefix), &st); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				return man, nil
-			}
-			return nil, fmt.Errorf("stat %s: %w", join(root, prefix), err)
-		}
-		man[prefix] = stampOf(prefix, &st)
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return man, nil
-		}
-	}
-	if err := walk(prefix); err != nil {
-		return nil, err
-	}
-	return man, nil
-}
-
-func modeType(m os.FileMode) uint32 {
-	switch {
-	case m&os.ModeDir != 0:
-		return unix.S_IFDIR
-	case m&os.ModeSymlink != 0:
-		return unix.S_IFLNK
-	case m&os.ModeNamedPipe != 0:
-		return unix.S_IFIFO
-	case m&os.ModeSocket != 0:
-		return unix.S_IFSOCK
-	case m&os.ModeCharDevice != 0:
-		return unix.S_IFCHR
-	case m&os.ModeDevice != 0:
-		return unix.S_IFBLK
-	}
-	return unix.S_IFREG
-}
-
-// manifestFromWalk turns the entries of a snapshot walk into a manifest,
-// restricted to paths below prefix ("" for all).
-func manifestFromWalk(w *walkResult, prefix string) manifest {
-	man := manifest{}
-	for _, e := range w.entries {
-		if e.rel == "" {
-			continue
-		}
-		if prefix != "" && e.rel != prefix && !strings.HasPrefix(e.rel, prefix+"/") {
-			continue
-		}
-		man[e.rel] = stampOf(e.rel, &e.st)
-	}
-	return man
-}
-
-// changedPaths lists the paths whose stamps differ between two manifests.
-func changedPaths(old, cur manifest) []string {
-	var out []string
-	for k, v := range cur {
-		if o, ok := old[k]; !ok || o != v {
-			out = append(out, k)
-		}
-	}
-	for k := range old {
-		if _, ok := cur[k]; !ok {
-			out = append(out, k)
-		}
-	}
-	return out
 }
