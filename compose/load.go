@@ -66,14 +66,19 @@ func Load(ctx context.Context, env *state.Env, osEnv []string) (*types.Project, 
 	} else if _, err := os.Stat(filepath.Join(env.Workspace, ".env")); err == nil {
 		opts = append(opts, cli.WithEnvFiles(filepath.Join(env.Workspace, ".env")))
 	}
-	opts = append(opts, cli.WithDotEnv, cli.WithDefaultProfiles())
 	named, err := namedInFiles(files)
 	if err != nil {
 		return nil, err
 	}
-	if !named && lookup(osEnv, "COMPOSE_PROJECT_NAME") == "" {
-		opts = append(opts, cli.WithName(loader.NormalizeProjectName(env.Project)))
-	}
+	opts = append(opts, cli.WithDotEnv, func(o *cli.ProjectOptions) error {
+		// Without a name in the file, COMPOSE_PROJECT_NAME (environment
+		// or .env) wins, else the cilo project: never the workspace
+		// directory's name, which differs per env.
+		if _, set := o.Environment["COMPOSE_PROJECT_NAME"]; !set && !named {
+			o.Environment["COMPOSE_PROJECT_NAME"] = loader.NormalizeProjectName(env.Project)
+		}
+		return nil
+	}, cli.WithDefaultProfiles())
 	po, err := cli.NewProjectOptions(files, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("load compose project of env %q: %w", env.Name, err)

@@ -123,27 +123,48 @@ func makePlan(p *types.Project, env *state.Env, pool nsnet.Pool, prefix, suffix 
 	return pl, nil
 }
 
-var idUnsafe = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
+var nonAlnum = regexp.MustCompile(`[^A-Za-z0-9]+`)
 
-// containerID names a replica's container: readable when it fits
-// containerd's 76 characters, else shortened with a hash of the full name.
+// idPart makes s safe between containerd's separators: runs of anything
+// but letters and digits become one "-", none at either end.
+func idPart(s string) string {
+	s = strings.Trim(nonAlnum.ReplaceAllString(s, "-"), "-")
+	if s == "" {
+		return "x"
+	}
+	return s
+}
+
+// containerID names a replica's container, <project>_<env>_<service>_<n>
+// when that is a valid containerd identifier of at most 76 characters;
+// otherwise the readable part is shortened or cleaned and a hash of the
+// real names keeps it unique.
 func containerID(project, env, service string, n int) string {
-	id := idUnsafe.ReplaceAllString(fmt.Sprintf("%s_%s_%s_%d", project, env, service, n), "-")
-	return shorten(id, 76)
+	raw := fmt.Sprintf("%s_%s_%s_%d", project, env, service, n)
+	id := fmt.Sprintf("%s_%s_%s_%d", idPart(project), idPart(env), idPart(service), n)
+	return shorten(id, raw, 76)
 }
 
 // netnsName names a replica's network namespace (a file name under
 // /run/netns, so at most 200 bytes here).
 func netnsName(prefix, project, env, service string, n int) string {
-	return shorten(idUnsafe.ReplaceAllString(fmt.Sprintf("%s-%s-%s-%s-%d", prefix, project, env, service, n), "-"), 200)
+	raw := fmt.Sprintf("%s-%s-%s-%s-%d", prefix, project, env, service, n)
+	name := fmt.Sprintf("%s-%s-%s-%s-%d", prefix, idPart(project), idPart(env), idPart(service), n)
+	return shorten(name, raw, 200)
 }
 
-func shorten(s string, max int) string {
-	if len(s) <= max {
-		return s
+// shorten returns name if it is raw unchanged and fits max; else a prefix
+// of name plus a hash of raw.
+func shorten(name, raw string, max int) string {
+	if name == raw && len(name) <= max {
+		return name
 	}
-	h := sha256.Sum256([]byte(s))
-	return s[:max-13] + "-" + hex.EncodeToString(h[:6])
+	h := sha256.Sum256([]byte(raw))
+	sum := hex.EncodeToString(h[:6])
+	if len(name) > max-len(sum)-1 {
+		name = strings.TrimRight(name[:max-len(sum)-1], "_.-")
+	}
+	return name + "-" + sum
 }
 
 // hostsFile is a replica's /etc/hosts: itself, every service of the env by
