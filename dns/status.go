@@ -42,6 +42,8 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 	if rec, err := readInitRecord(cfg); err == nil {
 		st.Systemd = rec.Unit != ""
 		switch {
+		case rec.ResolvedDropIn == "" && rec.ResolvConf == nil:
+			st.Resolver = "not set up: no systemd-resolved here (see cilo init, or cilo init --force)"
 		case rec.ResolvedDropIn != "":
 			st.Resolver = "systemd-resolved drop-in " + rec.ResolvedDropIn
 		case rec.ResolvConf != nil:
