@@ -15,7 +15,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,7 +100,9 @@ func newWorld(t *testing.T, poolBits int) *world {
 		"CILO_RUN_DIR="+filepath.Join(w.root, "run"),
 		"CILO_PREFIX="+w.prefix,
 		"CILO_POOL="+w.pool.String(),
-		"CILO_DNS_ADDR=127.0.0.1:1", // never the user's server
+		// The world's own DNS server, started on demand by create,
+		// on a loopback port of its own; cleanup stops it.
+		fmt.Sprintf("CILO_DNS_ADDR=127.0.0.1:%d", 20000+r%30000),
 		"CILO_CONFIG=/dev/null",
 	)
 	t.Cleanup(w.cleanup)
@@ -120,7 +124,19 @@ func (w *world) cleanup() {
 	if n, err := nsnet.New(w.prefix, w.pool); err == nil {
 		n.TeardownHost(ctx)
 	}
+	w.stopDNS()
 	w.assertNothingLeft()
+}
+
+// stopDNS ends the world's DNS server, if create started one.
+func (w *world) stopDNS() {
+	b, err := os.ReadFile(filepath.Join(w.root, "run", "dns.pid"))
+	if err != nil {
+		return
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
 }
 
 // assertNothingLeft checks that no namespace or interface of this world's
