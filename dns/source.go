@@ -2,14 +2,9 @@ package dns
 
 import (
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
@@ -21,8 +16,8 @@ type Source interface {
 }
 
 // StateSource builds zones from cilo's state file. The file is only ever
-// replaced by rename, so an inotify watch on its directory sees every
-// change as one IN_MOVED_TO; a slow poll (rescan) backs the watch up.
+// replaced by rename, so a watch on its directory (inotify on Linux) sees
+// every change; a poll of the file's mtime and size backs the watch up.
 type StateSource struct {
 	dir    string
 	suffix string
@@ -46,15 +41,14 @@ func (s *StateSource) Run(ctx context.Context, update func(*Zone)) error {
 	if err != nil {
 		return err
 	}
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	name := filepath.Base(store.Path())
+	w, err := newWatch(s.dir, name)
 	if err != nil {
-		return fmt.Errorf("watch state directory: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "inotify")
-	defer f.Close()
-	if _, err := unix.InotifyAddWatch(fd, s.dir, unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE|unix.IN_DELETE|unix.IN_MOVED_FROM); err != nil {
 		return fmt.Errorf("watch state directory %s: %w", s.dir, err)
 	}
+	defer w.Close()
+	stop := context.AfterFunc(ctx, func() { w.Close() }) // wakes Wait below
+	defer stop()
 	serial := uint32(time.Now().Unix())
 	load := func() error {
 		st, err := store.Read(ctx)
@@ -73,26 +67,16 @@ func (s *StateSource) Run(ctx context.Context, update func(*Zone)) error {
 		return err
 	}
 	stamp := fileStamp(store.Path())
-	go func() {
-		<-ctx.Done()
-		f.SetReadDeadline(time.Now()) // wakes the Read below
-	}()
-	buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
-	name := filepath.Base(store.Path())
 	for {
-		f.SetReadDeadline(time.Now().Add(s.rescan))
-		n, err := f.Read(buf)
+		changed, err := w.Wait(s.rescan)
 		if ctx.Err() != nil {
 			return nil
 		}
-		changed := false
-		switch {
-		case err == nil:
-			changed = touches(buf[:n], name)
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			changed = fileStamp(store.Path()) != stamp
-		default:
+		if err != nil {
 			return fmt.Errorf("watch state directory: %w", err)
+		}
+		if !changed {
+			changed = fileStamp(store.Path()) != stamp
 		}
 		if !changed {
 			continue
@@ -102,27 +86,4 @@ func (s *StateSource) Run(ctx context.Context, update func(*Zone)) error {
 			s.logf("dns: reload state: %v (keeping the previous zone)", err)
 		}
 	}
-}
-
-// touches reports whether any inotify event in b names the file name.
-func touches(b []byte, name string) bool {
-	for len(b) >= unix.SizeofInotifyEvent {
-		// struct inotify_event: wd, mask, cookie, len, then the name.
-		end := unix.SizeofInotifyEvent + int(binary.NativeEndian.Uint32(b[12:16]))
-		if end > len(b) {
-			return false
-		}
-		n := b[unix.SizeofInotifyEvent:end]
-		for i, c := range n {
-			if c == 0 {
-				n = n[:i]
-				break
-			}
-		}
-		if string(n) == name {
-			return true
-		}
-		b = b[end:]
-	}
-	return false
 }
