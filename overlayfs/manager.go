@@ -52,6 +52,9 @@ var (
 	ErrNotFound = errors.New("workspace not found")
 	// ErrExists is returned (wrapped) by Create for an id already in use.
 	ErrExists = errors.New("workspace already exists")
+	// ErrUnsupported is returned (wrapped) where workspaces cannot be made:
+	// they need Linux (overlay mounts, reflinks, copy_file_range).
+	ErrUnsupported = errors.New("workspaces are not supported on this system")
 )
 
 // Opt configures a [Manager].

@@ -59,7 +59,7 @@ func TestPatchApplies(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("patch: %v: %s\n%s", err, out, p.String())
 	}
-	if got := readString(t, filepath.Join(dir, "f")); got != b {
+	if got, _ := os.ReadFile(filepath.Join(dir, "f")); string(got) != b {
 		t.Errorf("patched file = %q, want %q", got, b)
 	}
 }
