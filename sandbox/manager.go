@@ -200,12 +200,19 @@ func (m *Manager) Create(ctx context.Context, p *Project, name string) (*state.E
 		}
 		return nil, err
 	}
-	if m.dns != nil {
-		if err := m.dns.EnsureRunning(ctx); err != nil {
-			m.logf("warning: DNS server not running, env names will not resolve: %v", err)
-		}
-	}
+	m.ensureDNS(ctx)
 	return env, nil
+}
+
+// ensureDNS starts the DNS server if it is not running. An env without
+// names still works, so a failure is a warning, not an error.
+func (m *Manager) ensureDNS(ctx context.Context) {
+	if m.dns == nil {
+		return
+	}
+	if err := m.dns.EnsureRunning(ctx); err != nil {
+		m.logf("warning: DNS server not running, env names will not resolve: %v", err)
+	}
 }
 
 // reserve records the env with status creating and its pool index, under
@@ -352,6 +359,7 @@ func (m *Manager) restore(ctx context.Context, env *state.Env) error {
 		if err := m.net.Create(ctx, l, m.label(env)); err != nil {
 			return fmt.Errorf("restore network of env %q: %w", env.Name, err)
 		}
+		m.ensureDNS(ctx) // a reboot took the DNS server too
 	}
 	if _, err := m.ws.Ensure(ctx, m.workspaceID(env.Project, env.Name)); err != nil {
 		return fmt.Errorf("mount workspace of env %q: %w", env.Name, err)
