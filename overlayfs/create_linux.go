@@ -86,6 +86,10 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 	} else if !fi.IsDir() {
 		return nil, fmt.Errorf("source %s: not a directory", src)
 	}
+	// A root inside the source would snapshot itself: leave it out.
+	if rel, err := filepath.Rel(src, m.root); err == nil && rel != "." && !strings.HasPrefix(rel, "..") {
+		ex.pats = append(ex.pats, pattern{anchored: true, segs: strings.Split(filepath.ToSlash(rel), "/")})
+	}
 	mode := m.mode()
 	class := classCopy
 	if mode == ModeOverlay {

@@ -180,3 +180,66 @@ func TestEnsureRemounts(t *testing.T) {
 		t.Errorf("second Remove: %v", err)
 	}
 }
+
+// TestRootInsideSource: a workspace root kept inside the source tree is
+// not snapshotted into itself.
+func TestRootInsideSource(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	src := gitSource(t)
+	m, err := New(filepath.Join(src, ".cilo", "workspaces"), WithLogf(t.Logf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cleanupManager(t, m) })
+	ws, err := m.Create(ctx, "inside", src, CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(ws.Path, ".cilo", "workspaces")); !os.IsNotExist(err) {
+		t.Errorf("the workspace root was copied into the workspace: %v", err)
+	}
+	if _, err := m.Create(ctx, "inside-2", src, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(m.root, dirBases)); len(ents) != 1 {
+		t.Errorf("%d bases: the root's own changes made the source look changed", len(ents))
+	}
+}
+
+// TestExcludeNeverCopied: workspace.exclude globs keep paths out of the
+// base and out of later thin layers.
+func TestExcludeNeverCopied(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	src := gitSource(t)
+	writeFile(t, src, "node_modules/pkg/index.js", "big\n", 0o644)
+	writeFile(t, src, "logs/app.log", "log\n", 0o644)
+	m := newTestManager(t)
+	o := CreateOptions{Exclude: []string{"node_modules/", "*.log"}}
+	a, err := m.Create(ctx, "ex-a", src, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"node_modules", "logs/app.log"} {
+		if _, err := os.Lstat(filepath.Join(a.Path, p)); !os.IsNotExist(err) {
+			t.Errorf("%s copied despite the exclude: %v", p, err)
+		}
+	}
+	// Changing only excluded paths is no new state.
+	writeFile(t, src, "logs/other.log", "more\n", 0o644)
+	writeFile(t, src, "node_modules/pkg/index.js", "changed\n", 0o644)
+	writeFile(t, src, "main.go", "package main // edited\n", 0o644)
+	b, err := m.Create(ctx, "ex-b", src, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readString(t, filepath.Join(b.Path, "main.go")); got != "package main // edited\n" {
+		t.Errorf("edit missing: %q", got)
+	}
+	for _, p := range []string{"node_modules", "logs/other.log"} {
+		if _, err := os.Lstat(filepath.Join(b.Path, p)); !os.IsNotExist(err) {
+			t.Errorf("%s reached a thin layer despite the exclude: %v", p, err)
+		}
+	}
+}
