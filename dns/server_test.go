@@ -294,3 +294,56 @@ func TestUpstreamsFromResolvConf(t *testing.T) {
 		})
 	}
 }
+
+// TestBrokenStateKeepsZone checks that a state file that does not parse
+// leaves the last good zone in service, and that the next good write is
+// picked up.
+func TestBrokenStateKeepsZone(t *testing.T) {
+	dir := t.TempDir()
+	store, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := testEnv("shop", "dev", 1, svc("db", "10.250.1.11"))
+	if err := store.Update(ctx, func(st *state.State) error { st.Envs[e.Key()] = e; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	s, addr := startServer(t, nil, nil)
+	done := make(chan error, 1)
+	go func() { done <- NewStateSource(dir, "test", t.Logf).Run(ctx, s.SetZone) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("state source: %v", err)
+		}
+	})
+	answers := func(name string) bool {
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if r := exchange(t, "udp", addr, question(name, mdns.TypeA)); r.Rcode == mdns.RcodeSuccess {
+				return true
+			}
+		}
+		return false
+	}
+	if !answers("db.dev.test") {
+		t.Fatal("db.dev.test never answered")
+	}
+	if err := writeFileAtomic(store.Path(), []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if r := exchange(t, "udp", addr, question("db.dev.test", mdns.TypeA)); r.Rcode != mdns.RcodeSuccess {
+		t.Fatalf("a broken state file took the zone down: %v", r)
+	}
+	e2 := testEnv("shop", "qa", 2, svc("db", "10.250.2.11"))
+	if err := writeFileAtomic(store.Path(), []byte(`{"version":1,"envs":{}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Update(ctx, func(st *state.State) error { st.Envs[e2.Key()] = e2; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !answers("db.qa.test") {
+		t.Fatal("the next good state file was not picked up")
+	}
+}

@@ -33,9 +33,8 @@ func NewStateSource(dir, suffix string, logf func(string, ...any)) *StateSource 
 	return &StateSource{dir: dir, suffix: suffix, rescan: 5 * time.Second, logf: logf}
 }
 
-// Run implements [Source]. It fails only if the first read or the watch
-// cannot be set up; later read errors are logged and the last good zone
-// stays in service.
+// Run implements [Source]. It fails only if the watch cannot be set up;
+// read errors are logged and the last good zone stays in service.
 func (s *StateSource) Run(ctx context.Context, update func(*Zone)) error {
 	store, err := state.Open(s.dir)
 	if err != nil {
@@ -64,7 +63,9 @@ func (s *StateSource) Run(ctx context.Context, update func(*Zone)) error {
 		return nil
 	}
 	if err := load(); err != nil {
-		return err
+		// A broken state file must not take names of working envs down
+		// with the daemon: serve what we have and wait for the next write.
+		s.logf("dns: read state: %v (serving no envs until it changes)", err)
 	}
 	stamp := fileStamp(store.Path())
 	for {
