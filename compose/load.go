@@ -156,25 +156,29 @@ func lookup(env []string, key string) string {
 	return ""
 }
 
-// namedInFiles reports whether one of the files sets the top-level name.
-// Syntax errors are left for compose-go, which reports file and line.
-func namedInFiles(files []string) (bool, error) {
+// namedInFiles reports whether one of the files sets the top-level name,
+// and refuses a file that is not YAML with its name and line.
+func namedInFiles(files []string) (named bool, err error) {
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return false, fmt.Errorf("read compose file: %w", err)
+			return false, fmt.Errorf("read compose file %s: %w", f, err)
 		}
 		var top struct {
 			Name string `yaml:"name"`
 		}
-		if yaml.Unmarshal(b, &top) == nil && top.Name != "" {
-			return true, nil
+		if err := yaml.Unmarshal(b, &top); err != nil {
+			// yaml.v3 names the line; the file is ours to name.
+			return false, fmt.Errorf("invalid compose file %s: %w", f, err)
+		}
+		if top.Name != "" {
+			named = true
 		}
 	}
-	return false, nil
+	return named, nil
 }
 
 // Warnings lists every field of p that cilo does not carry out yet, naming

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/console"
@@ -255,7 +256,8 @@ func (e *Engine) Exec(ctx context.Context, env *state.Env, o ExecOptions) (int, 
 		ps.Args = []string{"/bin/sh"}
 	}
 	ps.Terminal = o.TTY
-	streams := []cio.Opt{cio.WithStreams(o.Stdin, o.Stdout, o.Stderr)}
+	stdout, stderr := serialize(o.Stdout, o.Stderr)
+	streams := []cio.Opt{cio.WithStreams(o.Stdin, stdout, stderr)}
 	var con console.Console
 	if o.TTY {
 		streams = append(streams, cio.WithTerminal)
@@ -284,13 +286,43 @@ func (e *Engine) Exec(ctx context.Context, env *state.Env, o ExecOptions) (int, 
 		}
 	}
 	st := <-exitC
-	// Delete makes the shim finish copying the output and close its end
-	// before our copy is awaited: without it a short command's output can
-	// be lost on containerd 1.6.
+	// Delete waits for the output to be copied.
 	proc.Delete(context.WithoutCancel(ctx))
 	code, _, err := st.Result()
 	if err != nil {
 		return 0, fmt.Errorf("exec in %s: %w", ctr.ID(), err)
 	}
 	return int(code), nil
+}
+
+// lockedWriter serialises writes and hides io.ReaderFrom: containerd
+// copies stdout and stderr in two goroutines, and a writer such as
+// *bytes.Buffer given for both loses output when its ReadFrom runs twice
+// at once.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// serialize wraps the exec's output writers; one writer given for both
+// gets one lock.
+func serialize(stdout, stderr io.Writer) (io.Writer, io.Writer) {
+	var mu sync.Mutex
+	wrap := func(w io.Writer, m *sync.Mutex) io.Writer {
+		if w == nil {
+			return nil
+		}
+		return lockedWriter{m, w}
+	}
+	if stdout == stderr {
+		return wrap(stdout, &mu), wrap(stderr, &mu)
+	}
+	var mu2 sync.Mutex
+	return wrap(stdout, &mu), wrap(stderr, &mu2)
 }

@@ -1,0 +1,224 @@
+package compose
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const optionsStack = `
+services:
+  box:
+    image: cilo-test/testsvc
+    entrypoint: ["/bin/sh", "-c"]
+    command: ["echo started; exec /testsvc sleep"]
+    working_dir: /tmp
+    user: "65534:65534"
+    environment: {A: "1"}
+    env_file: box.env
+    read_only: true
+    tmpfs: [/tmp]
+    volumes:
+      - ./shared:/shared:ro
+    deploy:
+      replicas: 2
+      resources:
+        limits: {memory: 64m, cpus: "0.5", pids: 50}
+    stop_signal: SIGINT
+    stop_grace_period: 2s
+  writer:
+    image: cilo-test/testsvc
+    command: ["sleep"]
+    volumes: ["cache:/cache"]
+volumes:
+  cache: {}
+`
+
+func TestServiceOptions(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	env := h.newEnv(0, "opts", map[string]string{"compose.yaml": optionsStack, "box.env": "B=2\n", "shared/hello.txt": "hi"})
+	svcs, err := h.engine.Up(ctx, env)
+	if err != nil {
+		t.Fatalf("up: %v\n%s", err, h.logs)
+	}
+	if len(svcs) != 2 || len(svcs[0].Addrs) != 2 {
+		t.Fatalf("services = %+v, want box with 2 replicas and writer", svcs)
+	}
+	gw := env.Gateway.String()
+	tests := []struct {
+		name    string
+		service string
+		cmd     string
+		want    string // output must contain it
+		fails   bool
+	}{
+		{"user", "box", "id -u", "65534", false},
+		{"working_dir", "box", "pwd", "/tmp", false},
+		{"environment_and_env_file", "box", "echo $A$B", "12", false},
+		{"bind_mount_from_workspace", "box", "cat /shared/hello.txt", "hi", false},
+		{"bind_mount_read_only", "box", "touch /shared/x", "", true},
+		{"read_only_rootfs", "box", "touch /x", "", true},
+		{"tmpfs_writable", "box", "touch /tmp/x && echo ok", "ok", false},
+		{"hostname_is_service", "box", "hostname", "box", false},
+		{"resolv_conf_points_at_env_dns", "box", "cat /etc/resolv.conf", "nameserver " + gw + "\nsearch opts.test", false},
+		{"hosts_name_all_services", "box", "cat /etc/hosts", "writer writer.opts.test", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := h.exec(env, tt.service, "/bin/sh", "-c", tt.cmd)
+			if tt.fails {
+				if err == nil {
+					t.Fatalf("%q succeeded: %q", tt.cmd, out)
+				}
+				return
+			}
+			if err != nil || !strings.Contains(out, tt.want) {
+				t.Fatalf("%q = %q, %v; want it to contain %q", tt.cmd, out, err, tt.want)
+			}
+		})
+	}
+	t.Run("cgroup_limits_in_spec", func(t *testing.T) {
+		ctr, err := h.client.LoadContainer(h.ctx, containerID("app", "opts", "box", 2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec, err := ctr.Spec(h.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := spec.Linux.Resources
+		if r.Memory == nil || *r.Memory.Limit != 64<<20 || r.CPU == nil || *r.CPU.Quota != 50000 || r.Pids == nil || r.Pids.Limit != 50 {
+			t.Fatalf("resources = %+v", r)
+		}
+		// The kernel enforces it: the task's pids cgroup says 50.
+		task, err := ctr.Task(h.ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pidsMax(t, task.Pid()); got != "50" {
+			t.Errorf("pids.max of the task's cgroup = %q, want 50", got)
+		}
+		labels, _ := ctr.Labels(h.ctx)
+		for k, want := range map[string]string{labelStopSig: "SIGINT", labelStopGrace: "2s", composeProject: "app", composeService: "box", composeNumber: "2"} {
+			if labels[k] != want {
+				t.Errorf("label %s = %q, want %q", k, labels[k], want)
+			}
+		}
+	})
+	t.Run("logs_of_both_replicas", func(t *testing.T) {
+		b, _ := os.ReadFile(h.engine.logPath("app", "opts", "box"))
+		if strings.Count(string(b), "started") != 2 {
+			t.Fatalf("box log = %q", b)
+		}
+	})
+	t.Run("named_volume_survives_down_not_remove", func(t *testing.T) {
+		if _, err := h.exec(env, "writer", "/bin/sh", "-c", "echo kept > /cache/f"); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.engine.Down(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.engine.Up(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := h.exec(env, "writer", "cat", "/cache/f"); err != nil || out != "kept\n" {
+			t.Fatalf("after down/up: %q, %v", out, err)
+		}
+		if err := h.engine.Remove(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(h.opts.StateDir, "volumes", "app", "opts")); !os.IsNotExist(err) {
+			t.Fatalf("volume survived remove: %v", err)
+		}
+		if left := h.leftovers(env); len(left) != 0 {
+			t.Fatalf("left: %v", left)
+		}
+	})
+}
+
+func TestDependsOnFailures(t *testing.T) {
+	h := newHarness(t)
+	tests := []struct {
+		name    string
+		compose string
+		want    string
+		started []string // containers that must exist
+	}{
+		{"job_exits_non_zero", `
+services:
+  job: {image: cilo-test/testsvc, command: ["exit", "3"]}
+  api:
+    image: cilo-test/testsvc
+    depends_on: {job: {condition: service_completed_successfully}}
+`, "exited with status 3", []string{"job"}},
+		{"never_healthy", `
+services:
+  db:
+    image: cilo-test/testsvc
+    command: ["sleep"]
+    healthcheck: {test: ["CMD", "/bin/false"], interval: 100ms, retries: 3}
+  api:
+    image: cilo-test/testsvc
+    depends_on: {db: {condition: service_healthy}}
+`, "unhealthy", []string{"db"}},
+		{"healthy_without_healthcheck", `
+services:
+  db: {image: cilo-test/testsvc}
+  api:
+    image: cilo-test/testsvc
+    depends_on: {db: {condition: service_healthy}}
+`, "no healthcheck", []string{"db"}},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := h.newEnv(i, "dep"+string(rune('a'+i)), map[string]string{"compose.yaml": tt.compose})
+			_, err := h.engine.Up(context.Background(), env)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+			if !strings.Contains(err.Error(), `service "api" not started`) {
+				t.Errorf("err %v does not say api was not started", err)
+			}
+			ps, _ := h.engine.Ps(context.Background(), env)
+			var got []string
+			for _, c := range ps {
+				got = append(got, c.Service)
+			}
+			if strings.Join(got, " ") != strings.Join(tt.started, " ") {
+				t.Fatalf("containers = %v, want %v", got, tt.started)
+			}
+		})
+	}
+}
+
+// pidsMax reads pids.max of pid's cgroup, v1 or v2.
+func pidsMax(t *testing.T, pid uint32) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		var path string
+		switch {
+		case parts[1] == "pids":
+			path = filepath.Join("/sys/fs/cgroup/pids", parts[2], "pids.max")
+		case parts[0] == "0" && parts[1] == "":
+			path = filepath.Join("/sys/fs/cgroup", parts[2], "pids.max")
+		default:
+			continue
+		}
+		if v, err := os.ReadFile(path); err == nil {
+			return strings.TrimSpace(string(v))
+		}
+	}
+	return ""
+}
