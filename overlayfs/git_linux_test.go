@@ -122,6 +122,24 @@ func TestSourceUntouched(t *testing.T) {
 					t.Errorf("patch lacks %q:\n%s", s, patch.String())
 				}
 			}
+			// The patch applies to a copy of the source and gives the env's files.
+			cp := filepath.Join(t.TempDir(), "copy")
+			if out, err := exec.Command("cp", "-a", src, cp).CombinedOutput(); err != nil {
+				t.Fatalf("cp: %v: %s", err, out)
+			}
+			apply := exec.Command("git", "apply", "-")
+			apply.Dir, apply.Stdin = cp, bytes.NewReader(patch.Bytes())
+			if out, err := apply.CombinedOutput(); err != nil {
+				t.Fatalf("git apply: %v: %s\n%s", err, out, patch.String())
+			}
+			for _, f := range []string{"feature.go", "docs/guide.md"} {
+				if readString(t, filepath.Join(cp, f)) != readString(t, filepath.Join(ws.Path, f)) {
+					t.Errorf("%s after git apply differs from the env's", f)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(cp, "README.md")); !os.IsNotExist(err) {
+				t.Errorf("README.md survived the patch: %v", err)
+			}
 			if err := m.Merge(ctx, "life", "cilo/life"); err != nil {
 				t.Fatal(err)
 			}
