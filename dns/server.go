@@ -13,7 +13,6 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
-	"golang.org/x/net/ipv4"
 )
 
 const (
@@ -315,20 +314,20 @@ const batch = 32
 // inline (microseconds) and cached; only forwarded queries leave this
 // goroutine.
 func (s *Server) serveUDP(c *net.UDPConn, view netip.Addr) {
-	pc := ipv4.NewPacketConn(c)
-	in := make([]ipv4.Message, batch)
-	out := make([]ipv4.Message, batch)
-	outBuf := make([][]byte, batch)
-	for i := range in {
-		in[i].Buffers = [][]byte{make([]byte, 4096)}
-		out[i].Buffers = [][]byte{nil}
+	bc, err := newBatchConn(c)
+	if err != nil {
+		s.logf("dns: udp %s: %v", c.LocalAddr(), err)
+		return
+	}
+	var outBuf [batch][]byte
+	for i := range outBuf {
 		outBuf[i] = make([]byte, 0, 4096)
 	}
 	var key [16 + maxCachedReq]byte
 	v16 := view.As16()
 	copy(key[:16], v16[:])
 	for {
-		n, err := pc.ReadBatch(in, 0)
+		n, err := bc.Read()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -336,27 +335,19 @@ func (s *Server) serveUDP(c *net.UDPConn, view netip.Addr) {
 			continue
 		}
 		z := s.zone.Load()
-		nout := 0
 		for i := range n {
-			pkt := in[i].Buffers[0][:in[i].N]
-			if b := s.answerPacket(c, z, view, &key, pkt, in[i].Addr, outBuf[nout][:0]); b != nil {
-				out[nout].Buffers[0], out[nout].Addr = b, in[i].Addr
-				nout++
+			if b := s.answerPacket(bc, i, z, view, &key, outBuf[i][:0]); b != nil {
+				bc.Queue(i, b)
 			}
 		}
-		for sent := 0; sent < nout; {
-			k, err := pc.WriteBatch(out[sent:nout], 0)
-			if err != nil {
-				break // the client is gone or the buffer is full: UDP drops
-			}
-			sent += k
-		}
+		bc.Flush()
 	}
 }
 
-// answerPacket returns the answer to pkt, appended to buf, or nil when
-// there is none to send now (dropped, or being forwarded).
-func (s *Server) answerPacket(c *net.UDPConn, z *Zone, view netip.Addr, key *[16 + maxCachedReq]byte, pkt []byte, from net.Addr, buf []byte) []byte {
+// answerPacket returns the answer to datagram i of bc, appended to buf,
+// or nil when there is none to send now (dropped, or being forwarded).
+func (s *Server) answerPacket(bc *batchConn, i int, z *Zone, view netip.Addr, key *[16 + maxCachedReq]byte, buf []byte) []byte {
+	pkt := bc.Packet(i)
 	n := len(pkt)
 	if n < 12 || pkt[2]&0x80 != 0 {
 		return nil // not even a header, or a response: never answer those
@@ -382,6 +373,7 @@ func (s *Server) answerPacket(c *net.UDPConn, z *Zone, view netip.Addr, key *[16
 		default:
 			return nil // too many upstream queries in flight: drop, the client retries
 		}
+		c, from := bc.c, bc.Addr(i)
 		go func() {
 			defer func() { <-s.slow }()
 			s.forwardUDP(c, r, m, from)
@@ -404,14 +396,14 @@ func (s *Server) answerPacket(c *net.UDPConn, z *Zone, view netip.Addr, key *[16
 
 // forwardUDP answers a query that is not cilo's, on its own goroutine so
 // a slow upstream never stalls the listener.
-func (s *Server) forwardUDP(c *net.UDPConn, r, m *mdns.Msg, to net.Addr) {
+func (s *Server) forwardUDP(c *net.UDPConn, r, m *mdns.Msg, to netip.AddrPort) {
 	m = s.h.forward(s.ctx, r, m, true)
 	b, err := m.Pack()
 	if err != nil {
 		s.logf("dns: pack forwarded answer to %v: %v", r.Question, err)
 		return
 	}
-	c.WriteTo(b, to)
+	c.WriteToUDPAddrPort(b, to)
 }
 
 // formErr is the FORMERR answer to a request whose header is readable
