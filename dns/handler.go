@@ -29,20 +29,21 @@ type Handler struct {
 	zone    func() *Zone
 	fwd     Exchanger
 	timeout time.Duration
+	base    context.Context // parent of forwarded queries: the server's life
 }
 
 // NewHandler returns a handler answering from whatever zone returns at the
 // time of each query, and forwarding through fwd (nil: SERVFAIL for every
 // name that is not cilo's).
 func NewHandler(zone func() *Zone, fwd Exchanger) *Handler {
-	return &Handler{zone: zone, fwd: fwd, timeout: 4 * time.Second}
+	return &Handler{zone: zone, fwd: fwd, timeout: 4 * time.Second, base: context.Background()}
 }
 
 // ServeDNS implements [mdns.Handler].
 func (h *Handler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	local := addrOf(w.LocalAddr())
 	_, udp := w.RemoteAddr().(*net.UDPAddr)
-	m := h.respond(context.Background(), h.zone(), local, r, udp)
+	m := h.respond(h.base, h.zone(), local, r, udp)
 	if m != nil {
 		w.WriteMsg(m)
 	}

@@ -89,6 +89,7 @@ func (s *Server) Zone() *Zone { return s.zone.Load() }
 // [Server.Close] is called. It fails if any host listener cannot bind.
 func (s *Server) Start(ctx context.Context) error {
 	s.ctx, s.cancel = context.WithCancel(ctx)
+	s.h.base = s.ctx // before any listener runs the handler
 	for _, a := range s.opts.Addrs {
 		ap, err := netip.ParseAddrPort(a)
 		if err != nil {

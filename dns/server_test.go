@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -345,5 +346,28 @@ func TestBrokenStateKeepsZone(t *testing.T) {
 	}
 	if !answers("db.qa.test") {
 		t.Fatal("the next good state file was not picked up")
+	}
+}
+
+// TestUpstreamsFollowChanges checks that a changed resolv.conf (DHCP, VPN)
+// is picked up without a restart.
+func TestUpstreamsFollowChanges(t *testing.T) {
+	p := t.TempDir() + "/resolv.conf"
+	if err := writeFileAtomic(p, []byte("nameserver 192.0.2.1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	u := NewUpstreams(p, "", nil)
+	if got := u.List(); !slices.Equal(got, []string{"192.0.2.1:53"}) {
+		t.Fatalf("got %v", got)
+	}
+	if err := writeFileAtomic(p, []byte("nameserver 192.0.2.7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(p, time.Now().Add(time.Minute), time.Now().Add(time.Minute))
+	u.mu.Lock()
+	u.checked = time.Time{} // as if a second had passed
+	u.mu.Unlock()
+	if got := u.List(); !slices.Equal(got, []string{"192.0.2.7:53"}) {
+		t.Fatalf("after the change: %v", got)
 	}
 }
