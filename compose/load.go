@@ -9,13 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
 	"gopkg.in/yaml.v3"
 
+	"github.com/cilo-dev/cilo/compose/files"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -45,11 +45,11 @@ var supportedDeploy = map[string]bool{"replicas": true, "resources": true}
 // project shares image names. It returns [ErrNoComposeFile] when there is
 // no compose file.
 func Load(ctx context.Context, env *state.Env, osEnv []string) (*types.Project, error) {
-	files, err := composeFiles(env, osEnv)
+	paths, err := files.Find(env, osEnv)
 	if err != nil {
 		return nil, err
 	}
-	if len(files) == 0 {
+	if len(paths) == 0 {
 		return nil, ErrNoComposeFile
 	}
 	opts := []cli.ProjectOptionsFn{
@@ -59,14 +59,14 @@ func Load(ctx context.Context, env *state.Env, osEnv []string) (*types.Project, 
 	}
 	var envFiles []string
 	for _, f := range env.EnvFiles {
-		envFiles = append(envFiles, abs(env.Workspace, f))
+		envFiles = append(envFiles, files.Abs(env.Workspace, f))
 	}
 	if len(envFiles) > 0 {
 		opts = append(opts, cli.WithEnvFiles(envFiles...))
 	} else if _, err := os.Stat(filepath.Join(env.Workspace, ".env")); err == nil {
 		opts = append(opts, cli.WithEnvFiles(filepath.Join(env.Workspace, ".env")))
 	}
-	named, err := namedInFiles(files)
+	named, err := namedInFiles(paths)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +79,7 @@ func Load(ctx context.Context, env *state.Env, osEnv []string) (*types.Project, 
 		}
 		return nil
 	}, cli.WithDefaultProfiles())
-	po, err := cli.NewProjectOptions(files, opts...)
+	po, err := cli.NewProjectOptions(paths, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("load compose project of env %q: %w", env.Name, err)
 	}
@@ -90,71 +90,9 @@ func Load(ctx context.Context, env *state.Env, osEnv []string) (*types.Project, 
 	return p, nil
 }
 
-// composeFiles picks the compose files of env, absolute.
-func composeFiles(env *state.Env, osEnv []string) ([]string, error) {
-	var files []string
-	switch {
-	case len(env.ComposeFiles) > 0:
-		for _, f := range env.ComposeFiles {
-			files = append(files, abs(env.Workspace, f))
-		}
-	case lookup(osEnv, "COMPOSE_FILE") != "":
-		sep := lookup(osEnv, "COMPOSE_PATH_SEPARATOR")
-		if sep == "" {
-			sep = string(os.PathListSeparator)
-		}
-		for _, f := range strings.Split(lookup(osEnv, "COMPOSE_FILE"), sep) {
-			files = append(files, abs(env.Workspace, f))
-		}
-	default:
-		if f := firstExisting(env.Workspace, cli.DefaultFileNames); f != "" {
-			files = append(files, f)
-			if o := firstExisting(env.Workspace, cli.DefaultOverrideFileNames); o != "" {
-				files = append(files, o)
-			}
-		}
-		return files, nil
-	}
-	for _, f := range files {
-		if _, err := os.Stat(f); err != nil {
-			return nil, fmt.Errorf("compose file of env %q: %w", env.Name, err)
-		}
-	}
-	return files, nil
-}
-
 // HasComposeFile reports whether env has a compose file, without parsing
 // it (cheap: cilo run in an env without one must not pay for containerd).
-func HasComposeFile(env *state.Env, osEnv []string) bool {
-	files, err := composeFiles(env, osEnv)
-	return err != nil || len(files) > 0
-}
-
-func firstExisting(dir string, names []string) string {
-	for _, n := range names {
-		p := filepath.Join(dir, n)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p
-		}
-	}
-	return ""
-}
-
-func abs(dir, p string) string {
-	if filepath.IsAbs(p) {
-		return p
-	}
-	return filepath.Join(dir, p)
-}
-
-func lookup(env []string, key string) string {
-	for i := len(env) - 1; i >= 0; i-- {
-		if k, v, ok := strings.Cut(env[i], "="); ok && k == key {
-			return v
-		}
-	}
-	return ""
-}
+func HasComposeFile(env *state.Env, osEnv []string) bool { return files.Has(env, osEnv) }
 
 // namedInFiles reports whether one of the files sets the top-level name,
 // and refuses a file that is not YAML with its name and line.
