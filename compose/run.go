@@ -79,6 +79,10 @@ func (e *Engine) Up(ctx context.Context, env *state.Env) ([]state.Service, error
 	return pl.services, nil
 }
 
+// errDependency marks a service that was not started because a dependency
+// failed; Up reports the dependency's own error first.
+var errDependency = errors.New("dependency failed")
+
 // event is a condition of a service (started, healthy, completed) that
 // dependents wait for; err says why it will never hold.
 type event struct {
@@ -136,7 +140,14 @@ func (e *Engine) startAll(ctx context.Context, c *containerd.Client, pl *plan, i
 		}(p.Services[name])
 	}
 	wg.Wait()
-	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+	// Root causes first, then the services that waited for them.
+	sort.Slice(errs, func(i, j int) bool {
+		di, dj := errors.Is(errs[i], errDependency), errors.Is(errs[j], errDependency)
+		if di != dj {
+			return dj
+		}
+		return errs[i].Error() < errs[j].Error()
+	})
 	return errors.Join(errs...)
 }
 
@@ -173,7 +184,11 @@ func (e *Engine) runService(ctx context.Context, c *containerd.Client, pl *plan,
 			ev = de.started
 		}
 		if err := ev.wait(ctx); err != nil {
-			return fmt.Errorf("service %q not started: dependency %q (%s) failed: %w", s.Name, dep, d.Condition, err)
+			if ctx.Err() != nil {
+				return fmt.Errorf("service %q not started: %w", s.Name, err)
+			}
+			// The dependency's own error is reported once, by itself.
+			return fmt.Errorf("service %q not started: dependency %q did not reach %s: %w", s.Name, dep, d.Condition, errDependency)
 		}
 	}
 	type running struct {

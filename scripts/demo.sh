@@ -59,9 +59,14 @@ for e in $envs; do
 		out=$("$cilo" run -e "$e" -- curl -fsS http://localhost:8080/count)
 		i=$((i + 1))
 	done
-	printf '%s: localhost:8080/count inside the env -> %s' "$e" "$out"
-	printf '%s: localhost:3000 (web) -> ' "$e"
+	printf '%s: %d visits; localhost:8080/count inside the env -> %s\n' "$e" "$n" "$out"
+	printf '%s: localhost:3000 (web) inside the env -> ' "$e"
 	"$cilo" run -e "$e" -- curl -fsS http://localhost:3000/
+	# From the host: the service by its DNS name when the host resolves
+	# cilo's names, else by its address.
+	host="api.$e.test"
+	getent hosts "$host" >/dev/null 2>&1 || host=$("$cilo" ps "$e" | awk '$2 == "api" { print $4 }')
+	printf '%s: from the host, http://%s:8080/count -> %s\n' "$e" "$host" "$(curl -fsS "http://$host:8080/count")"
 done
 
 step "services of demo-1"
@@ -80,5 +85,5 @@ Look around (from examples/counter):
   sudo ctr -n cilo c ls                      # the containers as containerd sees them
 
 Clean up:
-  cd examples/counter && sudo $cilo destroy $envs
+  cd examples/counter && sudo $cilo destroy --force $envs
 EOT

@@ -78,7 +78,11 @@ func runCompose(ctx context.Context, env *Env) ([]Row, error) {
 		if _, err := run(cilo("create", name)); err != nil {
 			return nil, err
 		}
-		defer exec.Command(env.Cilo, "destroy", name).Run()
+		defer func() {
+			cmd := exec.Command(env.Cilo, "destroy", "--force", name)
+			cmd.Dir, cmd.Env = project, ciloEnv
+			cmd.Run()
+		}()
 		d, err := run(cilo("up", name))
 		if err != nil {
 			return nil, err
@@ -94,7 +98,7 @@ func runCompose(ctx context.Context, env *Env) ([]Row, error) {
 			return nil, err
 		}
 		firsts = append(firsts, d)
-		if _, err := run(cilo("destroy", name)); err != nil {
+		if _, err := run(cilo("destroy", "--force", name)); err != nil {
 			return nil, err
 		}
 		env.Logf("cilo round %d: up %s, down %s, run to first response %s", i, ups[i], downs[i], firsts[i])
