@@ -285,21 +285,31 @@ func (s *Server) listen(ap netip.AddrPort, workers int) (*listener, error) {
 	}
 	l := &listener{addr: bound, udp: conns}
 	l.tcp = &mdns.Server{Listener: ln, Handler: s.h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
-	l.wg.Add(1 + len(conns))
+	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
 		if err := l.tcp.ActivateAndServe(); err != nil {
 			s.logf("dns: tcp %s: %v", bound, err)
 		}
 	}()
+	// A busy listener gets two loops per socket: while one is answering a
+	// batch the other is already reading the next, so the work spreads
+	// over the CPUs even when few clients hash to one socket.
+	readers := 1
+	if workers > 1 {
+		readers = 2
+	}
 	for _, c := range conns {
 		if workers > 1 {
 			growBuffers(c)
 		}
-		go func() {
-			defer l.wg.Done()
-			s.serveUDP(c, bound.Addr())
-		}()
+		for range readers {
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				s.serveUDP(c, bound.Addr())
+			}()
+		}
 	}
 	return l, nil
 }

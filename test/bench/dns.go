@@ -248,7 +248,7 @@ var qpsRE = regexp.MustCompile(`Queries per second:\s+([0-9.]+)`)
 // answered per second.
 func dnsperfQPS(ctx context.Context, addr netip.AddrPort, queries string) (float64, error) {
 	out, err := exec.CommandContext(ctx, "dnsperf", "-s", addr.Addr().String(), "-p", strconv.Itoa(int(addr.Port())),
-		"-d", queries, "-l", "10", "-c", "4", "-T", "2", "-q", "200", "-t", "2", "-b", "2048").CombinedOutput()
+		"-d", queries, "-l", "10", "-c", "8", "-T", "2", "-q", "500", "-t", "2", "-b", "2048").CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("%w: %s", err, out)
 	}
