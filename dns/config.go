@@ -18,6 +18,11 @@ type Config struct {
 	Addr     string // host listener, ip:port (127.0.0.1:5354)
 	Suffix   string // zone suffix ("test")
 	EnvPort  int    // port of the listener on each env gateway; 0 means 53
+
+	// Upstreams, when set, replace the host's resolvers (ip:port each);
+	// a daemon started by [Launcher] gets them as CILO_DNS_UPSTREAMS. Tests
+	// and benchmarks point them at a loopback address of their own.
+	Upstreams []string
 }
 
 func (c Config) envPort() int {
@@ -43,13 +48,21 @@ func (c Config) initRecordFile() string { return filepath.Join(c.StateDir, "dns-
 // environ is the daemon's configuration as the CILO_* variables a child
 // `cilo dns serve` reads.
 func (c Config) environ() []string {
-	return []string{
+	env := []string{
 		"CILO_STATE_DIR=" + c.StateDir,
 		"CILO_RUN_DIR=" + c.RunDir,
 		"CILO_DNS_ADDR=" + c.Addr,
 		"CILO_DNS_SUFFIX=" + c.Suffix,
 	}
+	if len(c.Upstreams) > 0 {
+		env = append(env, UpstreamsEnv+"="+strings.Join(c.Upstreams, ","))
+	}
+	return env
 }
+
+// UpstreamsEnv names the variable `cilo dns serve` reads its upstreams
+// from when no --upstream flag is given.
+const UpstreamsEnv = "CILO_DNS_UPSTREAMS"
 
 // ResolvConf is the content of env's private /etc/resolv.conf: cilo's
 // server on the env's gateway, and the env's own domain as search domain

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,7 +29,7 @@ func TestMain(m *testing.M) {
 		cfg := Config{StateDir: os.Getenv("CILO_STATE_DIR"), RunDir: os.Getenv("CILO_RUN_DIR"),
 			Addr: os.Getenv("CILO_DNS_ADDR"), Suffix: os.Getenv("CILO_DNS_SUFFIX")}
 		err := Serve(ctx, cfg, ServeOptions{
-			Upstreams: []string{os.Getenv("DNSTEST_UPSTREAM")},
+			Upstreams: strings.Split(os.Getenv(UpstreamsEnv), ","),
 			Logf:      func(f string, a ...any) { fmt.Fprintf(os.Stderr, time.Now().Format(time.RFC3339Nano)+" "+f+"\n", a...) },
 		})
 		if err != nil {
@@ -66,7 +67,7 @@ func testConfig(t *testing.T) Config {
 
 func TestLauncher(t *testing.T) {
 	cfg := testConfig(t)
-	t.Setenv("DNSTEST_UPSTREAM", deadUpstream(t))
+	cfg.Upstreams = []string{deadUpstream(t)}
 	ctx := context.Background()
 	t.Cleanup(func() {
 		if err := stop(context.Background(), cfg); err != nil {
@@ -139,7 +140,8 @@ func TestLauncher(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if !st.Running || !st.Healthy || st.PID != pid || st.Envs != 1 || st.Records != 6 || len(st.EnvListen) != 0 {
+	if !st.Running || !st.Healthy || st.PID != pid || st.Envs != 1 || st.Records != 6 || len(st.EnvListen) != 0 ||
+		!slices.Equal(st.Upstreams, cfg.Upstreams) {
 		t.Fatalf("status %+v", st)
 	}
 	if _, err := os.Stat(cfg.LogFile()); err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -66,7 +67,7 @@ func (l *Launcher) spawn(ctx context.Context) error {
 	}
 	defer log.Close()
 	cmd := exec.Command(l.exe, "dns", "serve")
-	cmd.Env = append(withoutCilo(os.Environ()), l.cfg.environ()...)
+	cmd.Env = withEnv(os.Environ(), l.cfg.environ())
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // survives the terminal and its ^C
@@ -81,16 +82,18 @@ func (l *Launcher) spawn(ctx context.Context) error {
 	return nil
 }
 
-// withoutCilo drops the caller's CILO_* variables: the child gets exactly
-// the launcher's config.
-func withoutCilo(env []string) []string {
+// withEnv is env with the variables in set replacing those of the same
+// name: the child gets the launcher's config whatever the caller's
+// environment says.
+func withEnv(env, set []string) []string {
 	out := env[:0:0]
 	for _, kv := range env {
-		if !strings.HasPrefix(kv, "CILO_") {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.ContainsFunc(set, func(s string) bool { return strings.HasPrefix(s, name+"=") }) {
 			out = append(out, kv)
 		}
 	}
-	return out
+	return append(out, set...)
 }
 
 func (l *Launcher) waitReady(ctx context.Context, exited <-chan error) error {

@@ -39,13 +39,16 @@ func newDNSServeCmd(a *app) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if len(upstreams) == 0 && os.Getenv(dns.UpstreamsEnv) != "" {
+				upstreams = strings.Split(os.Getenv(dns.UpstreamsEnv), ",")
+			}
 			logf := func(format string, args ...any) {
 				fmt.Fprintf(a.stderr, time.Now().UTC().Format(time.RFC3339)+" "+format+"\n", args...)
 			}
 			return dns.Serve(ctx, dnsConfig(a.cfg), dns.ServeOptions{Upstreams: upstreams, Logf: logf})
 		},
 	}
-	cmd.Flags().StringSliceVar(&upstreams, "upstream", nil, "upstream resolver ip:port, repeatable (default: the host's, from /etc/resolv.conf)")
+	cmd.Flags().StringSliceVar(&upstreams, "upstream", nil, "upstream resolver ip:port, repeatable (env CILO_DNS_UPSTREAMS, comma separated; default: the host's, from /etc/resolv.conf)")
 	return cmd
 }
 
