@@ -243,3 +243,74 @@ func TestExcludeNeverCopied(t *testing.T) {
 		}
 	}
 }
+
+// TestChurn creates and removes envs from several processes' worth of
+// Managers while the source keeps changing: thin layers, sharing and
+// collection race each other, and every env still sees a whole tree.
+func TestChurn(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	src := gitSource(t)
+	root := filepath.Join(t.TempDir(), "root")
+	stop := make(chan struct{})
+	var edits sync.WaitGroup
+	edits.Add(1)
+	go func() {
+		defer edits.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			writeFile(t, src, "main.go", fmt.Sprintf("package main // %d\n", i), 0o644)
+			writeFile(t, src, fmt.Sprintf("gen/f%d.go", i%7), "package gen\n", 0o644)
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := New(root)
+			if err != nil {
+				errs <- err
+				return
+			}
+			for i := 0; i < 5; i++ {
+				id := fmt.Sprintf("churn-%d-%d", g, i)
+				ws, err := m.Create(ctx, id, src, CreateOptions{})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := os.Stat(filepath.Join(ws.Path, "scripts/build.sh")); err != nil {
+					errs <- fmt.Errorf("env %s incomplete: %w", id, err)
+				}
+				if i%2 == 0 {
+					if err := m.Remove(ctx, id); err != nil {
+						errs <- err
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	edits.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	m, err := New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanupManager(t, m)
+	for _, d := range []string{dirBases, dirWS} {
+		if ents, _ := os.ReadDir(filepath.Join(root, d)); len(ents) != 0 {
+			t.Errorf("%d entries left in %s", len(ents), d)
+		}
+	}
+}
