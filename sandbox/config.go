@@ -158,6 +158,22 @@ func splitHostPort(s string) (string, uint16, error) {
 	return ap.Addr().String(), ap.Port(), nil
 }
 
+// Environ is the config as the variables LoadConfig reads, so that a cilo
+// program started by this one (the DNS server, cilo-compose) gets exactly
+// this config, flags included.
+func (c Config) Environ() []string {
+	return []string{
+		"CILO_STATE_DIR=" + c.StateDir,
+		"CILO_RUN_DIR=" + c.RunDir,
+		"CILO_POOL=" + c.Pool.String(),
+		"CILO_PREFIX=" + c.Prefix,
+		"CILO_DNS_SUFFIX=" + c.DNSSuffix,
+		"CILO_DNS_ADDR=" + c.DNSAddr,
+		"CONTAINERD_ADDRESS=" + c.ContainerdAddress,
+		"CILO_CONTAINERD_NAMESPACE=" + c.ContainerdNamespace,
+	}
+}
+
 // EnvRunDir is where an env's runtime files live (its resolv.conf, hosts).
 func (c Config) EnvRunDir(project, env string) string {
 	return filepath.Join(c.RunDir, "envs", project, env)

@@ -1,3 +1,5 @@
+//go:build cilo_compose
+
 package main
 
 import (

@@ -102,6 +102,9 @@ several agents, test suites or CI jobs can work on one repository at once.`,
 	root.AddCommand(workspaceCommands(a)...)
 	root.AddCommand(dnsCommands(a)...)
 	root.AddCommand(composeCommands(a)...)
+	if c := newServicesCmd(a); c != nil {
+		root.AddCommand(c)
+	}
 	return root
 }
 

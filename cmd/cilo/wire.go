@@ -7,7 +7,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/cilo-dev/cilo/compose"
 	"github.com/cilo-dev/cilo/dns"
 	"github.com/cilo-dev/cilo/overlayfs"
 	"github.com/cilo-dev/cilo/sandbox"
@@ -15,8 +14,8 @@ import (
 )
 
 // manager wires the lifecycle to its backends for the resolved config:
-// overlay workspaces, compose services through containerd (connected only
-// when an env has a compose file) and the DNS server started on demand.
+// overlay workspaces, compose services (through cilo-compose, or
+// in-process in that build) and the DNS server started on demand.
 func (a *app) manager() (*sandbox.Manager, error) {
 	logf := func(format string, args ...any) { fmt.Fprintf(a.stderr, "cilo: "+format+"\n", args...) }
 	ws, err := overlayfs.New(sandbox.WorkspaceRoot(a.cfg), overlayfs.WithProgress(a.stderr), overlayfs.WithLogf(logf))
@@ -27,21 +26,10 @@ func (a *app) manager() (*sandbox.Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find cilo's own binary: %w", err)
 	}
-	svc := compose.New(compose.Options{
-		Address:   a.cfg.ContainerdAddress,
-		Namespace: a.cfg.ContainerdNamespace,
-		Prefix:    a.cfg.Prefix,
-		Pool:      a.cfg.Pool,
-		StateDir:  a.cfg.StateDir,
-		RunDir:    a.cfg.RunDir,
-		DNSSuffix: a.cfg.DNSSuffix,
-		Logf:      logf,
-		Progress:  a.stderr,
-	})
 	return sandbox.New(a.cfg,
 		sandbox.WithLogf(logf),
 		sandbox.WithWorkspaces(ws),
-		sandbox.WithServices(svc),
+		sandbox.WithServices(composeServices(a, logf)),
 		sandbox.WithDNS(dnsBackend{dns.NewLauncher(dnsConfig(a.cfg), exe), a.cfg.DNSSuffix}),
 	)
 }

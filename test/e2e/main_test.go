@@ -39,11 +39,17 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(dir, 0o755)
 	ciloBin = filepath.Join(dir, "cilo")
-	build := exec.Command("go", "build", "-o", ciloBin, "github.com/cilo-dev/cilo/cmd/cilo")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build cilo:", err)
-		os.Exit(1)
+	// cilo and, beside it, cilo-compose, as make build lays them out.
+	for _, b := range [][]string{
+		{"build", "-o", ciloBin, "github.com/cilo-dev/cilo/cmd/cilo"},
+		{"build", "-tags", "cilo_compose", "-o", filepath.Join(dir, "cilo-compose"), "github.com/cilo-dev/cilo/cmd/cilo"},
+	} {
+		build := exec.Command("go", b...)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build cilo:", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
