@@ -36,8 +36,14 @@ func NewLauncher(cfg Config, exe string) *Launcher {
 // [Config.LogFile]). Concurrent callers, in one process or several, start
 // at most one daemon: they serialise on a launch lock, and a second daemon
 // would exit anyway on the pidfile lock.
+//
+// The common case, a daemon already serving, costs an open, a flock and a
+// stat, no query: `cilo run` calls this every time.
 func (l *Launcher) EnsureRunning(ctx context.Context) error {
 	if _, ok := running(l.cfg); ok {
+		if _, err := os.Stat(l.cfg.StatusFile()); err == nil {
+			return nil // written once the daemon listens and has a zone
+		}
 		return l.waitReady(ctx, nil)
 	}
 	unlock, err := l.launchLock(ctx)

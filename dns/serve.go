@@ -57,6 +57,9 @@ func Serve(ctx context.Context, cfg Config, o ServeOptions) error {
 		return err
 	}
 	defer unlock()
+	// A status file left by a daemon that was killed would tell launchers
+	// this one is ready before it listens.
+	os.Remove(cfg.StatusFile())
 
 	addrs := []string{cfg.Addr}
 	if rec, err := readInitRecord(cfg); err == nil && rec.Stub != "" {
