@@ -129,7 +129,7 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 				meta.Layers = append(meta.Layers, m.layerDir(l))
 			}
 		}
-		return m.writeWS(meta)
+		return m.writeWS(meta, false)
 	}
 	// Fast path: the source is exactly as when its newest base was made.
 	var base *baseMeta
@@ -171,7 +171,7 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 		return nil, err
 	}
 	defer unlock()
-	if err := m.writeWS(meta); err != nil {
+	if err := m.writeWS(meta, true); err != nil {
 		return nil, err
 	}
 	if mode == ModeOverlay {
@@ -367,7 +367,13 @@ func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man
 		err = writeManifest(filepath.Join(tmp, "manifest"), man)
 	}
 	if err == nil {
-		err = writeJSON(filepath.Join(tmp, "meta.json"), b)
+		err = writeJSON(filepath.Join(tmp, "meta.json"), b, true)
+	}
+	if err == nil {
+		// A base outlives reboots and is never rewritten: its files must be
+		// on disk before any env relies on it (ext4 would otherwise leave
+		// empty files after a crash). One syncfs, not an fsync per file.
+		err = syncFS(tmp)
 	}
 	if err != nil {
 		os.RemoveAll(tmp)

@@ -196,13 +196,17 @@ func (m *Manager) readWS(id string) (*wsMeta, error) {
 	return &w, nil
 }
 
-func (m *Manager) writeWS(w *wsMeta) error {
-	return writeJSON(filepath.Join(m.wsDir(w.ID), "meta.json"), w)
+// writeWS writes a workspace's metadata; durable adds an fsync, needed
+// once the workspace is complete (a crash before that leaves a directory
+// Remove cleans up).
+func (m *Manager) writeWS(w *wsMeta, durable bool) error {
+	return writeJSON(filepath.Join(m.wsDir(w.ID), "meta.json"), w, durable)
 }
 
-// writeJSON writes v by temp file, fsync and rename, so a reader never sees
-// half a file and a crash leaves the old or the new one.
-func writeJSON(path string, v any) error {
+// writeJSON writes v by temp file and rename, so a reader never sees half a
+// file; with durable, an fsync before the rename makes a crash leave the old
+// or the new one.
+func writeJSON(path string, v any, durable bool) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
@@ -217,7 +221,7 @@ func writeJSON(path string, v any) error {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := f.Sync(); err != nil {
+	if err := syncIf(f, durable); err != nil {
 		f.Close()
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
@@ -231,6 +235,13 @@ func writeJSON(path string, v any) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+func syncIf(f *os.File, durable bool) error {
+	if !durable {
+		return nil
+	}
+	return f.Sync()
 }
 
 func readJSON(path string, v any) error {
