@@ -69,3 +69,22 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal("a named config file that does not exist was accepted")
 	}
 }
+
+// TestEnvironRoundTrip: a child cilo given Environ() sees the same config.
+func TestEnvironRoundTrip(t *testing.T) {
+	c := DefaultConfig()
+	c.StateDir, c.RunDir, c.Prefix, c.DNSSuffix = "/srv/s", "/srv/r", "xy", "dev.local"
+	c.SetPool("10.40.0.0/14")
+	env := map[string]string{"CILO_CONFIG": "/dev/null"}
+	for _, kv := range c.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	got, err := LoadConfig(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != c {
+		t.Fatalf("round trip: %+v, want %+v", got, c)
+	}
+}
