@@ -355,3 +355,24 @@ func TestInitWithoutSystemd(t *testing.T) {
 		}
 	})
 }
+
+func TestChildEnvironment(t *testing.T) {
+	cfg := Config{StateDir: "/s", RunDir: "/r", Addr: "127.0.0.1:5354", Suffix: "test", Upstreams: []string{"127.0.0.1:5399"}}
+	tests := []struct {
+		name   string
+		parent []string
+		want   []string
+	}{
+		{"config_wins", []string{"PATH=/bin", "CILO_STATE_DIR=/other", "CILO_CONFIG=/etc/c.yml"},
+			[]string{"PATH=/bin", "CILO_CONFIG=/etc/c.yml", "CILO_STATE_DIR=/s", "CILO_RUN_DIR=/r", "CILO_DNS_ADDR=127.0.0.1:5354", "CILO_DNS_SUFFIX=test", "CILO_DNS_UPSTREAMS=127.0.0.1:5399"}},
+		{"empty_parent", nil,
+			[]string{"CILO_STATE_DIR=/s", "CILO_RUN_DIR=/r", "CILO_DNS_ADDR=127.0.0.1:5354", "CILO_DNS_SUFFIX=test", "CILO_DNS_UPSTREAMS=127.0.0.1:5399"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := withEnv(tt.parent, cfg.environ()); !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+}
