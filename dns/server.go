@@ -245,14 +245,18 @@ func (l *listener) close() error {
 func (s *Server) bind(ap netip.AddrPort, workers int) ([]*net.UDPConn, net.Listener, netip.AddrPort, error) {
 	ulc := net.ListenConfig{Control: sockopts(workers > 1)}
 	tlc := net.ListenConfig{Control: sockopts(false)}
+	udp, tcp := "udp4", "tcp4"
+	if !ap.Addr().Unmap().Is4() {
+		udp, tcp = "udp6", "tcp6" // e.g. CILO_DNS_ADDR=[::1]:5354
+	}
 	var lastErr error
 	for try := 0; try < 10; try++ {
-		pc, err := ulc.ListenPacket(s.ctx, "udp4", ap.String())
+		pc, err := ulc.ListenPacket(s.ctx, udp, ap.String())
 		if err != nil {
 			return nil, nil, ap, fmt.Errorf("listen on udp %s: %w", ap, err)
 		}
 		bound := netip.AddrPortFrom(ap.Addr(), pc.LocalAddr().(*net.UDPAddr).AddrPort().Port())
-		ln, err := tlc.Listen(s.ctx, "tcp4", bound.String())
+		ln, err := tlc.Listen(s.ctx, tcp, bound.String())
 		if err != nil {
 			pc.Close()
 			lastErr = fmt.Errorf("listen on tcp %s: %w", bound, err)
@@ -263,7 +267,7 @@ func (s *Server) bind(ap netip.AddrPort, workers int) ([]*net.UDPConn, net.Liste
 		}
 		conns := []*net.UDPConn{pc.(*net.UDPConn)}
 		for len(conns) < workers {
-			pc, err := ulc.ListenPacket(s.ctx, "udp4", bound.String())
+			pc, err := ulc.ListenPacket(s.ctx, udp, bound.String())
 			if err != nil {
 				for _, c := range conns {
 					c.Close()

@@ -100,6 +100,22 @@ func TestServerUDPAndTCP(t *testing.T) {
 			}
 		})
 	}
+	t.Run("ipv6_host_listener", func(t *testing.T) {
+		if !hasLoopback6() {
+			t.Skip("this machine has no ::1 (IPv6 disabled)")
+		}
+		s := NewServer(Options{Suffix: "test", Addrs: []string{"[::1]:0"}})
+		if err := s.Start(context.Background()); err != nil {
+			t.Fatalf("listen on ::1 (loopback): %v", err)
+		}
+		defer s.Close()
+		s.SetZone(testZone())
+		for _, network := range []string{"udp", "tcp"} {
+			if r := exchange(t, network, s.Addrs()[0].String(), question("db.dev.test", mdns.TypeA)); !slices.Equal(addrsOf(r), []string{"10.250.1.11"}) {
+				t.Fatalf("%s over IPv6: %v", network, r)
+			}
+		}
+	})
 	t.Run("tcp_fallback_on_truncation", func(t *testing.T) {
 		// miekg's client does not retry by itself: do what stub resolvers do.
 		r := exchange(t, "udp", addr, question("many.dev.shop.test", mdns.TypeA))
@@ -370,4 +386,17 @@ func TestUpstreamsFollowChanges(t *testing.T) {
 	if got := u.List(); !slices.Equal(got, []string{"192.0.2.7:53"}) {
 		t.Fatalf("after the change: %v", got)
 	}
+}
+
+func hasLoopback6() bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(net.IPv6loopback) {
+			return true
+		}
+	}
+	return false
 }
