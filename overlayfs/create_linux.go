@@ -116,8 +116,8 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 	}
 	if mode == ModeOverlay {
 		meta.Path = filepath.Join(dir, "m")
-		meta.Upper = filepath.Join(dir, "upper")
-		meta.Work = filepath.Join(dir, "work")
+		meta.Upper = filepath.Join(dir, "o", "upper")
+		meta.Work = filepath.Join(dir, "o", "work")
 	} else {
 		meta.Path = filepath.Join(dir, "tree")
 	}
@@ -189,6 +189,9 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 // directory's owner and mode become those of the workspace's root, so they
 // must be the source's.
 func (m *Manager) prepareOverlay(w *wsMeta, b *baseMeta, link *gitLink) error {
+	if err := os.Mkdir(filepath.Dir(w.Upper), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Dir(w.Upper), err)
+	}
 	for _, d := range []string{w.Upper, w.Work, w.Path} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", d, err)

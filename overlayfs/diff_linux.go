@@ -248,7 +248,7 @@ func diffUpper(ctx context.Context, upper string, lower lowerView) ([]change, er
 					}
 					out = append(out, change{Change{r, Added}, "", p})
 				default:
-					same, err := sameEntry(lp, &lst, p, &st)
+					same, err := sameEntry(r, lp, &lst, p, &st)
 					if err != nil {
 						return err
 					}
@@ -307,7 +307,7 @@ func diffTrees(ctx context.Context, tree string, lower lowerView) ([]change, err
 			case !inLower:
 				out = append(out, change{Change{r, Added}, "", p})
 			default:
-				same, err := sameEntry(lp, &lst, p, &st)
+				same, err := sameEntry(r, lp, &lst, p, &st)
 				if err != nil {
 					return err
 				}
@@ -325,7 +325,7 @@ func diffTrees(ctx context.Context, tree string, lower lowerView) ([]change, err
 // type, permissions and content (symlink target). Equal size and mtime are
 // taken as equal content, as git does; otherwise the bytes are compared, so
 // a file opened for writing but left unchanged is not reported.
-func sameEntry(a string, ast *unix.Stat_t, b string, bst *unix.Stat_t) (bool, error) {
+func sameEntry(rel, a string, ast *unix.Stat_t, b string, bst *unix.Stat_t) (bool, error) {
 	if ast.Mode != bst.Mode {
 		return false, nil
 	}
@@ -344,18 +344,18 @@ func sameEntry(a string, ast *unix.Stat_t, b string, bst *unix.Stat_t) (bool, er
 		if ast.Mtim == bst.Mtim {
 			return true, nil
 		}
-		return sameContent(a, b)
+		return sameContent(rel, a, b)
 	}
 	return ast.Rdev == bst.Rdev, nil
 }
 
-func sameContent(a, b string) (bool, error) {
-	fa, err := os.Open(a)
+func sameContent(rel, a, b string) (bool, error) {
+	fa, err := openBeneath(a, rel)
 	if err != nil {
 		return false, err
 	}
 	defer fa.Close()
-	fb, err := os.Open(b)
+	fb, err := openBeneath(b, rel)
 	if err != nil {
 		return false, err
 	}
@@ -378,4 +378,34 @@ func sameContent(a, b string) (bool, error) {
 			return false, eb
 		}
 	}
+}
+
+// openBeneath opens the regular file path, which is rel below some root,
+// refusing to follow any symlink below that root. Diff runs as root over
+// trees the env's user controls: a file swapped for a symlink to
+// /etc/shadow between the walk and the read must not be read.
+func openBeneath(path, rel string) (*os.File, error) {
+	root, ok := strings.CutSuffix(path, "/"+rel)
+	if !ok {
+		return nil, fmt.Errorf("open %s: not below its root", path)
+	}
+	dfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", root, err)
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat2(dfd, rel, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NONBLOCK,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("open %s: not a regular file", path)
+	}
+	return f, nil
 }

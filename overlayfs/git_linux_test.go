@@ -90,6 +90,16 @@ func TestSourceUntouched(t *testing.T) {
 			if err := syscall.Stat(ws.Path, &st); err != nil || st.Uid != testUID {
 				t.Fatalf("workspace root owner = %d (%v), want %d", st.Uid, err, testUID)
 			}
+			// The user works through the workspace, never on the layers.
+			if mode == ModeOverlay {
+				for _, p := range []string{ws.Layers[0], filepath.Dir(mustWS(t, m, "life").Upper)} {
+					ls := exec.Command("ls", p)
+					ls.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: testUID, Gid: testUID}}
+					if out, err := ls.CombinedOutput(); err == nil {
+						t.Errorf("user can list %s: %s", p, out)
+					}
+				}
+			}
 			// Run: the agent edits, builds and commits as the user.
 			writeAs(t, testUID, filepath.Join(ws.Path, "feature.go"), "package main\n\nfunc feature() {}\n")
 			writeAs(t, testUID, filepath.Join(ws.Path, "docs/guide.md"), "one\nTWO\nthree\n")

@@ -105,7 +105,7 @@ type Manager struct {
 //	b/<base>/manifest.json
 //	b/<base>/t/          the layer itself (lower dir)
 //	w/<id>/meta.json     a workspace
-//	w/<id>/upper, work   its overlay upper and work dirs
+//	w/<id>/o/upper, work its overlay upper and work dirs (o/ is root's only)
 //	w/<id>/m/            its mount point (ModeOverlay) or
 //	w/<id>/tree/         its copy (ModeReflink, ModeCopy)
 //	w/<id>/git/          its private git dir when the source is a worktree
@@ -138,8 +138,19 @@ func New(root string, opts ...Opt) (*Manager, error) {
 	if m.opts.logf == nil {
 		m.opts.logf = func(string, ...any) {}
 	}
-	for _, d := range []string{"", dirBases, dirWS, dirTmp, dirLocks} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+	// Users reach their workspaces through w/ (mount points, copies, git
+	// dirs) but never the layers: overlay reads lower and upper layers
+	// with the mounter's credentials, and a user writing to a layer
+	// directly would change every env stacked on it.
+	for _, d := range []struct {
+		name string
+		perm os.FileMode
+	}{{"", 0o755}, {dirBases, 0o700}, {dirWS, 0o755}, {dirTmp, 0o700}, {dirLocks, 0o700}} {
+		p := filepath.Join(root, d.name)
+		if err := os.MkdirAll(p, d.perm); err != nil {
+			return nil, fmt.Errorf("create workspace root: %w", err)
+		}
+		if err := os.Chmod(p, d.perm); err != nil {
 			return nil, fmt.Errorf("create workspace root: %w", err)
 		}
 	}

@@ -42,7 +42,7 @@ type side struct {
 	dir    bool
 }
 
-func readSide(p string) (side, error) {
+func readSide(p, rel string) (side, error) {
 	var s side
 	if p == "" {
 		return s, nil
@@ -66,7 +66,12 @@ func readSide(p string) (side, error) {
 			s.binary = true
 			return s, nil
 		}
-		b, err := os.ReadFile(p)
+		f, err := openBeneath(p, rel)
+		if err != nil {
+			return s, err
+		}
+		b, err := io.ReadAll(io.LimitReader(f, maxPatchFile+1))
+		f.Close()
 		if err != nil {
 			return s, err
 		}
@@ -91,11 +96,11 @@ func gitMode(m uint32) string {
 }
 
 func writeFilePatch(w io.Writer, c change) error {
-	old, err := readSide(c.old)
+	old, err := readSide(c.old, c.Path)
 	if err != nil {
 		return err
 	}
-	cur, err := readSide(c.cur)
+	cur, err := readSide(c.cur, c.Path)
 	if err != nil {
 		return err
 	}

@@ -399,7 +399,7 @@ func wsDisk(ctx context.Context, env *Env, tmp, repo string) (Row, error) {
 	var used int64
 	for i := 0; i < 10; i++ {
 		dir := filepath.Join(root, "w", fmt.Sprintf("disk-%d", i))
-		for _, sub := range []string{"upper", "work", "meta.json"} {
+		for _, sub := range []string{"o", "meta.json"} {
 			n, err := wsDiskUsage(filepath.Join(dir, sub))
 			if err != nil {
 				return Row{}, err
