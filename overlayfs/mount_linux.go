@@ -17,9 +17,11 @@ const mountSource = "cilo-workspace"
 // overlayOptions builds the mount data. Redirects, metacopy and the inode
 // index stay off: with them a renamed directory or a chmod would be recorded
 // as xattrs that Diff could not read as plain added or modified files.
-func overlayOptions(layers []string, upper, work string) (string, error) {
-	data := "lowerdir=" + strings.Join(layers, ":") + ",upperdir=" + upper + ",workdir=" + work +
-		",index=off,redirect_dir=off,metacopy=off"
+func overlayOptions(layers []string, upper, work string, plain bool) (string, error) {
+	data := "lowerdir=" + strings.Join(layers, ":") + ",upperdir=" + upper + ",workdir=" + work
+	if !plain {
+		data += ",index=off,redirect_dir=off,metacopy=off"
+	}
 	if len(data) >= unix.Getpagesize() {
 		return "", fmt.Errorf("overlay options for %d layers: %d bytes, over the kernel's page limit", len(layers), len(data))
 	}
@@ -27,11 +29,18 @@ func overlayOptions(layers []string, upper, work string) (string, error) {
 }
 
 func mountOverlay(layers []string, upper, work, target string) error {
-	data, err := overlayOptions(layers, upper, work)
+	data, err := overlayOptions(layers, upper, work, false)
 	if err != nil {
 		return err
 	}
-	if err := unix.Mount(mountSource, target, "overlay", unix.MS_NOATIME, data); err != nil {
+	err = unix.Mount(mountSource, target, "overlay", unix.MS_NOATIME, data)
+	if errors.Is(err, unix.EINVAL) {
+		// Kernels before 4.19 know none of the three feature options;
+		// they also have none of the features, so plain options are the same.
+		plain, _ := overlayOptions(layers, upper, work, true)
+		err = unix.Mount(mountSource, target, "overlay", unix.MS_NOATIME, plain)
+	}
+	if err != nil {
 		return fmt.Errorf("mount overlay at %s: %w", target, err)
 	}
 	return nil
@@ -39,15 +48,19 @@ func mountOverlay(layers []string, upper, work, target string) error {
 
 const overlaySuperMagic = 0x794c7630
 
-// isOverlayMounted reports whether an overlay is mounted at dir: the mount
-// point itself lives on the root's filesystem, so seeing overlayfs there
-// means our mount is in place.
+// isOverlayMounted reports whether an overlay is mounted at dir: dir is
+// an overlay and on another device than its parent (so a root that itself
+// lives on an overlay is not mistaken for a mount).
 func isOverlayMounted(dir string) bool {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil || fs.Type != overlaySuperMagic {
 		return false
 	}
-	return st.Type == overlaySuperMagic
+	var st, parent unix.Stat_t
+	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev
 }
 
 // unmount unmounts dir if an overlay is mounted there. detach falls back to
