@@ -75,6 +75,9 @@ func healthcheckOf(s types.ServiceConfig) *health {
 func (e *Engine) waitHealthy(ctx context.Context, task containerd.Task, spec *specs.Spec, h *health) error {
 	start := time.Now()
 	failures := 0
+	// A service is usually ready within a few hundred milliseconds:
+	// probe at 50 ms, doubling up to the start interval.
+	wait := min(50*time.Millisecond, h.startInterval)
 	for {
 		out, code, err := probe(ctx, task, spec, h.cmd, h.timeout)
 		if err == nil && code == 0 {
@@ -95,8 +98,9 @@ func (e *Engine) waitHealthy(ctx context.Context, task containerd.Task, spec *sp
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(h.startInterval):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, h.startInterval)
 	}
 }
 

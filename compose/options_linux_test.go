@@ -146,7 +146,7 @@ func TestDependsOnFailures(t *testing.T) {
 		name    string
 		compose string
 		want    string
-		started []string // containers that must exist
+		started []string // service:status of the containers, sorted
 	}{
 		{"job_exits_non_zero", `
 services:
@@ -154,7 +154,7 @@ services:
   api:
     image: cilo-test/testsvc
     depends_on: {job: {condition: service_completed_successfully}}
-`, "exited with status 3", []string{"job"}},
+`, "exited with status 3", []string{"api:created", "job:stopped"}},
 		{"never_healthy", `
 services:
   db:
@@ -164,14 +164,14 @@ services:
   api:
     image: cilo-test/testsvc
     depends_on: {db: {condition: service_healthy}}
-`, "unhealthy", []string{"db"}},
+`, "unhealthy", []string{"api:created", "db:running"}},
 		{"healthy_without_healthcheck", `
 services:
   db: {image: cilo-test/testsvc}
   api:
     image: cilo-test/testsvc
     depends_on: {db: {condition: service_healthy}}
-`, "no healthcheck", []string{"db"}},
+`, "no healthcheck", []string{"api:created", "db:running"}},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -186,7 +186,7 @@ services:
 			ps, _ := h.engine.Ps(context.Background(), env)
 			var got []string
 			for _, c := range ps {
-				got = append(got, c.Service)
+				got = append(got, c.Service+":"+c.Status)
 			}
 			if strings.Join(got, " ") != strings.Join(tt.started, " ") {
 				t.Fatalf("containers = %v, want %v", got, tt.started)

@@ -166,12 +166,25 @@ func (e *Engine) runService(ctx context.Context, c *containerd.Client, pl *plan,
 	}
 	sort.Strings(deps)
 	for _, dep := range deps {
+		if _, ok := evs[dep]; !ok && s.DependsOn[dep].Required {
+			return fmt.Errorf("service %q depends on %q, which is not in the project (or not in the active profiles)", s.Name, dep)
+		}
+	}
+	// Containers and their tasks are created at once, in parallel with
+	// every other service (as docker compose creates before it starts);
+	// only starting waits for the dependencies.
+	var rs []*prepared
+	for _, r := range pl.replicas[s.Name] {
+		p, err := e.prepareReplica(ctx, c, pl, s, r, img)
+		if err != nil {
+			return err
+		}
+		rs = append(rs, p)
+	}
+	for _, dep := range deps {
 		d := s.DependsOn[dep]
 		de, ok := evs[dep]
 		if !ok {
-			if d.Required {
-				return fmt.Errorf("service %q depends on %q, which is not in the project (or not in the active profiles)", s.Name, dep)
-			}
 			continue
 		}
 		var ev *event
@@ -191,18 +204,10 @@ func (e *Engine) runService(ctx context.Context, c *containerd.Client, pl *plan,
 			return fmt.Errorf("service %q not started: dependency %q did not reach %s: %w", s.Name, dep, d.Condition, errDependency)
 		}
 	}
-	type running struct {
-		task  containerd.Task
-		exitC <-chan containerd.ExitStatus
-		spec  *specs.Spec
-	}
-	var rs []running
-	for _, r := range pl.replicas[s.Name] {
-		task, exitC, spec, err := e.ensureReplica(ctx, c, pl, s, r, img)
-		if err != nil {
+	for _, p := range rs {
+		if err := e.startPrepared(ctx, p, s); err != nil {
 			return err
 		}
-		rs = append(rs, running{task, exitC, spec})
 	}
 	own.started.fire(nil)
 	if need[types.ServiceConditionHealthy] {
@@ -246,13 +251,25 @@ func configHash(s types.ServiceConfig, r replica, img containerd.Image) string {
 	return hex.EncodeToString(h[:])
 }
 
-// ensureReplica makes replica r run: an unchanged running container stays,
-// an unchanged stopped one gets a new task, anything else is recreated.
-func (e *Engine) ensureReplica(ctx context.Context, c *containerd.Client, pl *plan, s types.ServiceConfig, r replica, img containerd.Image) (containerd.Task, <-chan containerd.ExitStatus, *specs.Spec, error) {
+// prepared is a replica whose container and task exist; start says the
+// task still has to be started.
+type prepared struct {
+	ctr    containerd.Container
+	task   containerd.Task
+	exitC  <-chan containerd.ExitStatus
+	spec   *specs.Spec
+	start  bool
+	logURI *url.URL
+}
+
+// prepareReplica makes replica r's container and task: an unchanged
+// running container stays, an unchanged stopped one gets a new task,
+// anything else is recreated.
+func (e *Engine) prepareReplica(ctx context.Context, c *containerd.Client, pl *plan, s types.ServiceConfig, r replica, img containerd.Image) (*prepared, error) {
 	hash := configHash(s, r, img)
 	rundir := e.runDir(pl.env.Project, pl.env.Name, r.id)
 	if err := os.MkdirAll(rundir, 0o755); err != nil {
-		return nil, nil, nil, fmt.Errorf("service %q: %w", s.Name, err)
+		return nil, fmt.Errorf("service %q: %w", s.Name, err)
 	}
 	// Rewritten in place: running containers bind-mount these inodes and
 	// see services added later.
@@ -262,7 +279,7 @@ func (e *Engine) ensureReplica(ctx context.Context, c *containerd.Client, pl *pl
 		"hostname":    []byte(hostnameOf(s) + "\n"),
 	} {
 		if err := os.WriteFile(filepath.Join(rundir, name), data, 0o644); err != nil {
-			return nil, nil, nil, fmt.Errorf("service %q: write %s: %w", s.Name, name, err)
+			return nil, fmt.Errorf("service %q: write %s: %w", s.Name, name, err)
 		}
 	}
 	ctr, err := c.LoadContainer(ctx, r.id)
@@ -270,35 +287,35 @@ func (e *Engine) ensureReplica(ctx context.Context, c *containerd.Client, pl *pl
 	case err == nil:
 		labels, lerr := ctr.Labels(ctx)
 		if lerr == nil && labels[labelHash] == hash && nsnet.NetnsExists(r.netns) {
-			return e.ensureTask(ctx, ctr, pl, s)
+			return e.prepareTask(ctx, ctr, pl, s)
 		}
 		if err := e.removeContainer(ctx, ctr); err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
 	case !errdefs.IsNotFound(err):
-		return nil, nil, nil, fmt.Errorf("service %q: load container %s: %w", s.Name, r.id, err)
+		return nil, fmt.Errorf("service %q: load container %s: %w", s.Name, r.id, err)
 	}
 	// Leftovers of an interrupted run go first.
 	if err := e.removeNetwork(ctx, r.netns, r.veth); err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	n, err := e.network()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	if err := nsnet.CreateNetns(r.netns); err != nil {
-		return nil, nil, nil, fmt.Errorf("service %q: %w", s.Name, err)
+		return nil, fmt.Errorf("service %q: %w", s.Name, err)
 	}
 	link := n.Link(pl.env.Index, pl.env.Netns)
 	label := fmt.Sprintf("cilo:%s/%s/%s", pl.env.Project, pl.env.Name, r.id)
 	if err := n.Attach(ctx, link, r.netns, r.veth, r.addr, label); err != nil {
 		nsnet.DeleteNetns(r.netns)
-		return nil, nil, nil, fmt.Errorf("service %q: %w", s.Name, err)
+		return nil, fmt.Errorf("service %q: %w", s.Name, err)
 	}
 	specOpts, err := e.specOpts(ctx, pl, s, r, img, rundir)
 	if err != nil {
 		e.removeNetwork(context.WithoutCancel(ctx), r.netns, r.veth)
-		return nil, nil, nil, err
+		return nil, err
 	}
 	ctr, err = c.NewContainer(ctx, r.id,
 		containerd.WithImage(img),
@@ -309,64 +326,72 @@ func (e *Engine) ensureReplica(ctx context.Context, c *containerd.Client, pl *pl
 	)
 	if err != nil {
 		e.removeNetwork(context.WithoutCancel(ctx), r.netns, r.veth)
-		return nil, nil, nil, fmt.Errorf("service %q: create container %s: %w", s.Name, r.id, err)
+		return nil, fmt.Errorf("service %q: create container %s: %w", s.Name, r.id, err)
 	}
-	return e.ensureTask(ctx, ctr, pl, s)
+	return e.prepareTask(ctx, ctr, pl, s)
 }
 
-// ensureTask starts the container's task unless it runs, and hands the
-// container to containerd's restart monitor per the restart policy.
-func (e *Engine) ensureTask(ctx context.Context, ctr containerd.Container, pl *plan, s types.ServiceConfig) (containerd.Task, <-chan containerd.ExitStatus, *specs.Spec, error) {
+// prepareTask creates the container's task unless one runs already.
+func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, pl *plan, s types.ServiceConfig) (*prepared, error) {
 	spec, err := ctr.Spec(ctx)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("service %q: read spec of %s: %w", s.Name, ctr.ID(), err)
+		return nil, fmt.Errorf("service %q: read spec of %s: %w", s.Name, ctr.ID(), err)
 	}
+	logPath := e.logPath(pl.env.Project, pl.env.Name, s.Name)
+	p := &prepared{ctr: ctr, spec: spec, logURI: &url.URL{Scheme: "file", Path: logPath}}
 	task, err := ctr.Task(ctx, nil)
 	if err == nil {
 		st, serr := task.Status(ctx)
 		if serr == nil && st.Status == containerd.Running {
-			exitC, err := task.Wait(ctx)
-			if err != nil {
-				return nil, nil, nil, fmt.Errorf("service %q: wait for %s: %w", s.Name, ctr.ID(), err)
+			if p.exitC, err = task.Wait(ctx); err != nil {
+				return nil, fmt.Errorf("service %q: wait for %s: %w", s.Name, ctr.ID(), err)
 			}
-			return task, exitC, spec, nil
+			p.task = task
+			return p, nil
 		}
 		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			return nil, nil, nil, fmt.Errorf("service %q: delete old task of %s: %w", s.Name, ctr.ID(), err)
+			return nil, fmt.Errorf("service %q: delete old task of %s: %w", s.Name, ctr.ID(), err)
 		}
 	} else if !errdefs.IsNotFound(err) {
-		return nil, nil, nil, fmt.Errorf("service %q: task of %s: %w", s.Name, ctr.ID(), err)
+		return nil, fmt.Errorf("service %q: task of %s: %w", s.Name, ctr.ID(), err)
 	}
-	logPath := e.logPath(pl.env.Project, pl.env.Name, s.Name)
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
-		return nil, nil, nil, fmt.Errorf("service %q: create log dir: %w", s.Name, err)
+		return nil, fmt.Errorf("service %q: create log dir: %w", s.Name, err)
 	}
-	logURI := &url.URL{Scheme: "file", Path: logPath}
-	task, err = ctr.NewTask(ctx, cio.LogURI(logURI))
+	task, err = ctr.NewTask(ctx, cio.LogURI(p.logURI))
 	if errdefs.IsAlreadyExists(err) {
 		// The restart monitor was quicker.
 		task, err = ctr.Task(ctx, nil)
 	}
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("service %q: create task of %s: %w", s.Name, ctr.ID(), err)
+		return nil, fmt.Errorf("service %q: create task of %s: %w", s.Name, ctr.ID(), err)
 	}
-	exitC, err := task.Wait(ctx)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("service %q: wait for %s: %w", s.Name, ctr.ID(), err)
+	if p.exitC, err = task.Wait(ctx); err != nil {
+		return nil, fmt.Errorf("service %q: wait for %s: %w", s.Name, ctr.ID(), err)
 	}
-	if st, _ := task.Status(ctx); st.Status != containerd.Running {
-		if err := task.Start(ctx); err != nil {
-			task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
-			return nil, nil, nil, fmt.Errorf("service %q: start %s: %w", s.Name, ctr.ID(), err)
-		}
+	p.task = task
+	st, err := task.Status(ctx)
+	p.start = err != nil || st.Status != containerd.Running
+	return p, nil
+}
+
+// startPrepared starts a prepared task and hands the container to
+// containerd's restart monitor per the restart policy.
+func (e *Engine) startPrepared(ctx context.Context, p *prepared, s types.ServiceConfig) error {
+	if !p.start {
+		return nil
+	}
+	if err := p.task.Start(ctx); err != nil {
+		p.task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
+		return fmt.Errorf("service %q: start %s: %w", s.Name, p.ctr.ID(), err)
 	}
 	if pol := restartPolicy(s); pol != nil {
-		err := ctr.Update(ctx, restart.WithStatus(containerd.Running), restart.WithLogURI(logURI), restart.WithPolicy(pol))
+		err := p.ctr.Update(ctx, restart.WithStatus(containerd.Running), restart.WithLogURI(p.logURI), restart.WithPolicy(pol))
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("service %q: set restart policy of %s: %w", s.Name, ctr.ID(), err)
+			return fmt.Errorf("service %q: set restart policy of %s: %w", s.Name, p.ctr.ID(), err)
 		}
 	}
-	return task, exitC, spec, nil
+	return nil
 }
 
 // restartPolicy maps compose's restart: onto containerd's restart monitor

@@ -151,7 +151,8 @@ func podmanCompose(ctx context.Context, env *Env, root, project string, archives
 		svc := s.(map[string]any)
 		delete(svc, "build")
 		delete(svc, "ports")
-		svc["image"] = "localhost/counter-" + name + ":latest"
+		// podman load keeps the archive's name, docker.io/library/...
+		svc["image"] = "docker.io/library/counter-" + name + ":latest"
 	}
 	out, err := yaml.Marshal(doc)
 	if err != nil {
@@ -167,6 +168,13 @@ func podmanCompose(ctx context.Context, env *Env, root, project string, archives
 		if err != nil {
 			exec.Command("podman-compose", "-f", file, "-p", p, "down").Run()
 			return nil, nil, err
+		}
+		// podman-compose exits 0 even when a container fails: check that
+		// the stack really runs (kv, api, web up; migrate done).
+		out, err := exec.CommandContext(ctx, "podman", "ps", "--filter", "label=io.podman.compose.project="+p, "--format", "{{.Names}}").Output()
+		if err != nil || strings.Count(string(out), "\n") < 3 {
+			exec.Command("podman-compose", "-f", file, "-p", p, "down").Run()
+			return nil, nil, fmt.Errorf("podman-compose up left %q running (want kv, api, web): %v", out, err)
 		}
 		down, err := timeCmd(ctx, 1, "podman-compose", "-f", file, "-p", p, "down")
 		if err != nil {
