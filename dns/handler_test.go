@@ -118,6 +118,18 @@ func TestAnswers(t *testing.T) {
 	}
 }
 
+func TestContested(t *testing.T) {
+	want := []string{"db.dev.test.", "web.dev.test."}
+	z := NewZone("test", []*state.Env{
+		testEnv("shop", "dev", 1, svc("db", "10.250.1.11"), svc("web", "10.250.1.10"), svc("api", "10.250.1.12")),
+		testEnv("blog", "dev", 2, svc("db", "10.250.2.11"), svc("web", "10.250.2.10")),
+		testEnv("wiki", "dev", 3, svc("db", "10.250.3.11")),
+	}, 1)
+	if got := z.Contested(); !slices.Equal(got, want) {
+		t.Fatalf("contested %v, want %v", got, want)
+	}
+}
+
 func TestIngressSelection(t *testing.T) {
 	labelled := func(s state.Service) state.Service { s.Ingress = true; return s }
 	tests := []struct {

@@ -39,6 +39,7 @@ type statusInfo struct {
 	Envs      int       `json:"envs"`
 	Names     int       `json:"names"`
 	Records   int       `json:"records"`
+	Contested []string  `json:"contested,omitempty"`
 	Upstreams []string  `json:"upstreams"`
 }
 
@@ -96,7 +97,7 @@ func Serve(ctx context.Context, cfg Config, o ServeOptions) error {
 		srv.SetZone(z)
 		st := statusInfo{
 			PID: os.Getpid(), Started: started, Updated: time.Now(),
-			Serial: z.Serial(), Envs: z.Envs(), Names: z.Names(), Records: z.Records(),
+			Serial: z.Serial(), Envs: z.Envs(), Names: z.Names(), Records: z.Records(), Contested: z.Contested(),
 			Upstreams: upstreams(),
 		}
 		for _, a := range srv.Addrs() {

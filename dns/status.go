@@ -24,6 +24,7 @@ type Status struct {
 	Envs      int       `json:"envs"`
 	Names     int       `json:"names"`
 	Records   int       `json:"records"`
+	Contested []string  `json:"contested,omitempty"` // short names several envs claim
 	Listen    []string  `json:"listen,omitempty"`
 	EnvListen []string  `json:"env_listen,omitempty"`
 	Upstreams []string  `json:"upstreams,omitempty"`
@@ -63,6 +64,7 @@ func GetStatus(ctx context.Context, cfg Config) (*Status, error) {
 		var info statusInfo
 		if err := json.Unmarshal(b, &info); err == nil {
 			st.Serial, st.Envs, st.Names, st.Records = info.Serial, info.Envs, info.Names, info.Records
+			st.Contested = info.Contested
 			st.Listen, st.EnvListen, st.Upstreams = info.Listen, info.EnvListen, info.Upstreams
 			st.Started, st.Updated = info.Started, info.Updated
 		}

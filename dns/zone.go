@@ -58,6 +58,8 @@ type Zone struct {
 	envs   int
 	recs   int
 
+	contested []string // names several envs claim; see rank
+
 	cache *respCache // packed answers of this zone, see server.go
 }
 
@@ -91,17 +93,22 @@ func (a rank) less(b rank) bool {
 }
 
 type claim struct {
-	node *Node
-	rank rank
+	node      *Node
+	rank      rank
+	contested bool // another env claimed the name too, and lost
 }
 
 type claims map[string]claim
 
 func (c claims) add(name string, n *Node, r rank) {
-	if old, ok := c[name]; ok && !r.less(old.rank) {
+	old, ok := c[name]
+	contested := ok && (old.contested || old.rank.key != r.key)
+	if ok && !r.less(old.rank) {
+		old.contested = contested
+		c[name] = old
 		return
 	}
-	c[name] = claim{node: n, rank: r}
+	c[name] = claim{node: n, rank: r, contested: contested}
 }
 
 func (c claims) nodes() map[string]*Node {
@@ -158,6 +165,12 @@ func NewZone(suffix string, envs []*state.Env, serial uint32) *Zone {
 		z.addEnv(e, names, wild)
 	}
 	z.names, z.wild = names.nodes(), wild.nodes()
+	for name, cl := range names {
+		if cl.contested {
+			z.contested = append(z.contested, name)
+		}
+	}
+	slices.Sort(z.contested)
 	for name, n := range z.names {
 		z.recs += len(n.Addrs)
 		z.addENTs(name)
@@ -296,6 +309,10 @@ func (z *Zone) Names() int { return len(z.names) }
 
 // Records is the number of A records the host view holds.
 func (z *Zone) Records() int { return z.recs }
+
+// Contested lists the names (lowercased FQDNs) that several envs claim on
+// the host, each answering for the env that [NewZone]'s rule picked.
+func (z *Zone) Contested() []string { return z.contested }
 
 // Views returns the view of each env that has a gateway, keyed by it.
 func (z *Zone) Views() map[netip.Addr]*View { return z.views }

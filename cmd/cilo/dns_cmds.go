@@ -101,6 +101,10 @@ func printDNSStatus(a *app, st *dns.Status) {
 	fmt.Fprintf(w, "zone:      .%s, %d envs, %d names, %d records (serial %d, updated %s)\n",
 		strings.Trim(st.Suffix, "."), st.Envs, st.Names, st.Records, st.Serial, st.Updated.Format(time.RFC3339))
 	fmt.Fprintf(w, "envs:      %d gateway listeners\n", len(st.EnvListen))
+	if len(st.Contested) > 0 {
+		fmt.Fprintf(w, "contested: %d short names claimed by several envs (the first created answers; use <name>.<env>.<project>.%s): %s\n",
+			len(st.Contested), strings.Trim(st.Suffix, "."), strings.Join(st.Contested, " "))
+	}
 	fmt.Fprintf(w, "upstreams: %s\n", strings.Join(st.Upstreams, ", "))
 	fmt.Fprintf(w, "host:      %s\n", st.Resolver)
 	fmt.Fprintf(w, "systemd:   %v\n", st.Systemd)
