@@ -80,10 +80,10 @@ func TestTwoEnvsOfOneStack(t *testing.T) {
 			{"api_reaches_db_by_full_name", func() (string, error) {
 				return h.exec(env, "api", "/testsvc", "get", "http://db."+env.Name+".test:5432/")
 			}},
-			{"env_localhost_ipv4_reaches_own_db", func() (string, error) { return dialIn(env.Netns, tcp4("127.0.0.1:15432")) }},
-			{"env_localhost_ipv6_first_reaches_own_db", func() (string, error) { return dialIn(env.Netns, v6First(15432)) }},
-			{"env_localhost_reaches_own_api", func() (string, error) { return dialIn(env.Netns, tcp4("127.0.0.1:18080")) }},
-			{"host_reaches_db_at_its_address", func() (string, error) { return dialIn("", tcp4(dbAddr(env)+":5432")) }},
+			{"env_localhost_ipv4_reaches_own_db", func() (string, error) { return eventually(env.Netns, tcp4("127.0.0.1:15432"), "/") }},
+			{"env_localhost_ipv6_first_reaches_own_db", func() (string, error) { return eventually(env.Netns, v6First(15432), "/") }},
+			{"env_localhost_reaches_own_api", func() (string, error) { return eventually(env.Netns, tcp4("127.0.0.1:18080"), "/") }},
+			{"host_reaches_db_at_its_address", func() (string, error) { return eventually("", tcp4(dbAddr(env)+":5432"), "/") }},
 		}
 		for _, tt := range tests {
 			t.Run(env.Name+"_"+tt.name, func(t *testing.T) {

@@ -253,6 +253,11 @@ func (h *harness) leftovers(env *state.Env) []string {
 // dialIn connects to addr from inside netns (the host when empty) and
 // returns the HTTP body of GET /.
 func dialIn(netns string, dial func() (net.Conn, error)) (string, error) {
+	return getIn(netns, dial, "/")
+}
+
+// getIn is dialIn for another path.
+func getIn(netns string, dial func() (net.Conn, error), path string) (string, error) {
 	var body string
 	get := func() error {
 		c, err := dial()
@@ -261,7 +266,7 @@ func dialIn(netns string, dial func() (net.Conn, error)) (string, error) {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(3 * time.Second))
-		if _, err := c.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		if _, err := c.Write([]byte("GET " + path + " HTTP/1.0\r\n\r\n")); err != nil {
 			return err
 		}
 		b := make([]byte, 4096)
@@ -298,5 +303,18 @@ func v6First(port int) func() (net.Conn, error) {
 			return c, nil
 		}
 		return net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", port), 2*time.Second)
+	}
+}
+
+// eventually retries getIn for a few seconds: a started service may not
+// listen yet.
+func eventually(netns string, dial func() (net.Conn, error), path string) (string, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		body, err := getIn(netns, dial, path)
+		if err == nil || time.Now().After(deadline) {
+			return body, err
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
