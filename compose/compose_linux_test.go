@@ -8,9 +8,11 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/cilo-dev/cilo/dns"
 	"github.com/cilo-dev/cilo/nsnet"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
@@ -54,17 +56,32 @@ func TestTwoEnvsOfOneStack(t *testing.T) {
 	a := h.newEnv(0, "a", map[string]string{"compose.yaml": stack, ".env": "MARK=a\n"})
 	b := h.newEnv(1, "b", map[string]string{"compose.yaml": stack, ".env": "MARK=b\n"})
 	svcs := map[string][]string{}
-	for _, env := range []*state.Env{a, b} {
-		got, err := h.engine.Up(ctx, env)
-		if err != nil {
-			t.Fatalf("up %s: %v\nlogs:\n%s", env.Name, err, h.logs)
+	// Both envs come up at once, from one engine.
+	results := make([][]state.Service, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, env := range []*state.Env{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = h.engine.Up(ctx, env)
+		}()
+	}
+	wg.Wait()
+	for i, env := range []*state.Env{a, b} {
+		if errs[i] != nil {
+			t.Fatalf("up %s: %v\nlogs:\n%s", env.Name, errs[i], h.logs)
 		}
-		for _, s := range got {
+		for _, s := range results[i] {
 			for _, ad := range s.Addrs {
 				svcs[env.Name] = append(svcs[env.Name], s.Name+"="+ad.String())
 			}
 		}
+		// As the integrator records them for the DNS server.
+		env.Services, env.Status = results[i], state.StatusRunning
 	}
+	// The zone cilo's DNS server builds from what Up returned.
+	zone := dns.NewZone("test", []*state.Env{a, b}, 1)
 	if got := strings.Join(svcs["a"], " "); !strings.Contains(got, "api=10.232.") || len(svcs["a"]) != 3 {
 		t.Fatalf("services of a = %v", svcs["a"])
 	}
@@ -84,6 +101,13 @@ func TestTwoEnvsOfOneStack(t *testing.T) {
 			{"env_localhost_ipv6_first_reaches_own_db", func() (string, error) { return eventually(env.Netns, v6First(15432), "/") }},
 			{"env_localhost_reaches_own_api", func() (string, error) { return eventually(env.Netns, tcp4("127.0.0.1:18080"), "/") }},
 			{"host_reaches_db_at_its_address", func() (string, error) { return eventually("", tcp4(dbAddr(env)+":5432"), "/") }},
+			{"host_reaches_db_by_dns_name", func() (string, error) {
+				node, res := zone.Lookup(nil, "db."+env.Name+".test.")
+				if res != dns.Found || len(node.Addrs) != 1 {
+					return "", fmt.Errorf("db.%s.test does not resolve: %v", env.Name, res)
+				}
+				return eventually("", tcp4(node.Addrs[0].String()+":5432"), "/")
+			}},
 		}
 		for _, tt := range tests {
 			t.Run(env.Name+"_"+tt.name, func(t *testing.T) {
