@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -317,5 +318,22 @@ func TestNoComposeFileCostsNothing(t *testing.T) {
 	}
 	if err := e.Remove(context.Background(), env); err != nil {
 		t.Fatal(err)
+	}
+	// Only logs left (the containers went with an earlier Down): Remove
+	// deletes them without containerd.
+	logs := e.logPath("app", "plain", "db")
+	os.MkdirAll(filepath.Dir(logs), 0o755)
+	os.WriteFile(logs, []byte("x\n"), 0o644)
+	if err := e.Remove(context.Background(), env); err != nil {
+		t.Fatalf("remove with only logs left: %v", err)
+	}
+	if _, err := os.Stat(logs); !os.IsNotExist(err) {
+		t.Fatalf("logs survive remove: %v", err)
+	}
+	// Recorded services mean containers may exist: Down must say that
+	// containerd is needed rather than pretend.
+	env.Services = []state.Service{{Name: "db"}}
+	if err := e.Down(context.Background(), env); !errors.Is(err, ErrContainerdUnavailable) || !strings.Contains(err.Error(), "ensure-containerd.sh") {
+		t.Fatalf("down with services and no containerd: %v", err)
 	}
 }

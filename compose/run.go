@@ -706,13 +706,29 @@ func (e *Engine) removeNetwork(ctx context.Context, netns, veth string) error {
 
 // Down stops and removes the env's containers, tasks, snapshots, service
 // namespaces and port forwards; named volumes and logs stay. An env that
-// has no compose file and no services recorded costs no containerd
-// connection.
+// never ran services costs no containerd connection.
 func (e *Engine) Down(ctx context.Context, env *state.Env) error {
-	if len(env.Services) == 0 && !HasComposeFile(env, os.Environ()) {
+	if !e.mayHaveContainers(env) {
 		return nil
 	}
 	return e.down(ctx, env)
+}
+
+// mayHaveContainers reports whether env may have containers: Up writes a
+// replica's run dir before its container and removes it after, Up's
+// services are recorded in the state, and a task's log outlives a reboot
+// (which empties the run dir but not containerd's records).
+func (e *Engine) mayHaveContainers(env *state.Env) bool {
+	if len(env.Services) > 0 || e.hasRunDirs(env) {
+		return true
+	}
+	_, err := os.Stat(filepath.Join(e.opts.StateDir, "logs", env.Project, env.Name))
+	return err == nil
+}
+
+func (e *Engine) hasRunDirs(env *state.Env) bool {
+	ents, _ := os.ReadDir(filepath.Join(e.opts.RunDir, "compose", env.Project, env.Name))
+	return len(ents) > 0
 }
 
 func (e *Engine) down(ctx context.Context, env *state.Env) error {
@@ -746,8 +762,12 @@ func (e *Engine) down(ctx context.Context, env *state.Env) error {
 // Remove is Down plus the env's volumes, logs and generated files: nothing
 // of the env's services is left.
 func (e *Engine) Remove(ctx context.Context, env *state.Env) error {
-	if len(env.Services) > 0 || HasComposeFile(env, os.Environ()) {
-		if err := e.down(ctx, env); err != nil {
+	if e.mayHaveContainers(env) {
+		err := e.down(ctx, env)
+		// Only logs and volumes are left of an env whose containers are
+		// gone: removing them needs no containerd.
+		onlyFiles := len(env.Services) == 0 && !e.hasRunDirs(env)
+		if err != nil && !(errors.Is(err, ErrContainerdUnavailable) && onlyFiles) {
 			return err
 		}
 	}
