@@ -314,3 +314,72 @@ func TestChurn(t *testing.T) {
 		}
 	}
 }
+
+// TestThinLayersMatchSource edits a source in every way a user can and
+// checks after each step that a new env shows exactly the source: thin
+// layer on thin layer, the stack must add up to the tree.
+func TestThinLayersMatchSource(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, src, "keep.txt", "keep\n", 0o644)
+	writeFile(t, src, "dir/a.txt", "a\n", 0o644)
+	writeFile(t, src, "dir/sub/b.txt", "b\n", 0o644)
+	writeFile(t, src, "tool.sh", "#!/bin/sh\n", 0o755)
+	if err := os.Symlink("keep.txt", filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name string
+		edit func(t *testing.T)
+	}{
+		{"modify", func(t *testing.T) { writeFile(t, src, "keep.txt", "kept and changed\n", 0o644) }},
+		{"chmod", func(t *testing.T) { os.Chmod(filepath.Join(src, "tool.sh"), 0o700) }},
+		{"chown", func(t *testing.T) { os.Lchown(filepath.Join(src, "dir/a.txt"), 777, 778) }},
+		{"add_tree", func(t *testing.T) { writeFile(t, src, "new/deep/x.txt", "x\n", 0o600) }},
+		{"delete_tree", func(t *testing.T) { os.RemoveAll(filepath.Join(src, "dir/sub")) }},
+		{"dir_becomes_file", func(t *testing.T) {
+			os.RemoveAll(filepath.Join(src, "new"))
+			writeFile(t, src, "new", "a file now\n", 0o644)
+		}},
+		{"file_becomes_dir", func(t *testing.T) {
+			os.Remove(filepath.Join(src, "new"))
+			writeFile(t, src, "new/inside.txt", "in\n", 0o644)
+		}},
+		{"retarget_symlink", func(t *testing.T) {
+			os.Remove(filepath.Join(src, "link"))
+			os.Symlink("dir", filepath.Join(src, "link"))
+		}},
+		{"empty_dir", func(t *testing.T) { os.Mkdir(filepath.Join(src, "void"), 0o711) }},
+		{"rename", func(t *testing.T) { os.Rename(filepath.Join(src, "dir/a.txt"), filepath.Join(src, "dir/renamed.txt")) }},
+	}
+	m := newTestManager(t)
+	if _, err := m.Create(ctx, "step-0", src, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			st.edit(t)
+			ws, err := m.Create(ctx, fmt.Sprintf("step-%d", i+1), src, CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ws.Layers) != i+2 {
+				t.Errorf("%d layers, want %d: each step a thin layer", len(ws.Layers), i+2)
+			}
+			want, got := readTree(t, src, false), readTree(t, ws.Path, false)
+			delete(want, ".")
+			delete(got, ".")
+			for rel, w := range want {
+				if g, ok := got[rel]; !ok || g != w {
+					t.Errorf("%q: env %+v, source %+v", rel, g, w)
+				}
+			}
+			for rel := range got {
+				if _, ok := want[rel]; !ok {
+					t.Errorf("%q in env, not in source", rel)
+				}
+			}
+		})
+	}
+}
