@@ -261,7 +261,11 @@ func (e *Engine) Exec(ctx context.Context, env *state.Env, o ExecOptions) (int, 
 	var con console.Console
 	if o.TTY {
 		streams = append(streams, cio.WithTerminal)
-		if cur, err := console.ConsoleFromFile(os.Stdin); err == nil {
+		if f, ok := o.Stdin.(*os.File); ok {
+			cur, err := console.ConsoleFromFile(f)
+			if err != nil {
+				return 0, fmt.Errorf("exec with a terminal: stdin is not one: %w", err)
+			}
 			con = cur
 			if err := con.SetRaw(); err != nil {
 				return 0, fmt.Errorf("set terminal raw: %w", err)

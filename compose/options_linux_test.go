@@ -1,6 +1,7 @@
 package compose
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -81,6 +82,14 @@ func TestServiceOptions(t *testing.T) {
 			}
 		})
 	}
+	t.Run("exec_with_tty_and_status", func(t *testing.T) {
+		var out bytes.Buffer
+		code, err := h.engine.Exec(ctx, env, ExecOptions{Service: "box", Replica: 2, TTY: true,
+			Args: []string{"/bin/sh", "-c", "test -t 0 && test -t 1 && echo tty; exit 7"}, Stdin: strings.NewReader(""), Stdout: &out})
+		if err != nil || code != 7 || !strings.Contains(out.String(), "tty") {
+			t.Fatalf("exec = %d, %v, output %q; want 7 and a terminal", code, err, out.String())
+		}
+	})
 	t.Run("cgroup_limits_in_spec", func(t *testing.T) {
 		ctr, err := h.client.LoadContainer(h.ctx, containerID("app", "opts", "box", 2))
 		if err != nil {
