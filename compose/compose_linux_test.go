@@ -232,18 +232,24 @@ services:
 	}
 	// The CLI exits: nothing of ours watches the container any more.
 	h.engine.Close()
-	log := h.engine.logPath("app", "crash", "crasher")
-	deadline := time.Now().Add(40 * time.Second)
-	for {
-		b, _ := os.ReadFile(log)
-		if n := strings.Count(string(b), "started"); n >= 2 {
-			break
+	// Follow the log (as cilo logs -f) until the service started twice.
+	var followed lockedBuffer
+	fctx, stop := context.WithTimeout(context.Background(), 40*time.Second)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- h.engine.Logs(fctx, env, LogsOptions{Service: "crasher", Follow: true, Tail: -1}, &followed) }()
+	for strings.Count(followed.String(), "started") < 2 {
+		if fctx.Err() != nil {
+			t.Fatalf("crashed service was not restarted by containerd within 40 s; log:\n%s", followed.String())
 		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(log)
-			t.Fatalf("crashed service was not restarted by containerd within 40 s; log:\n%s", b)
-		}
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("logs -f: %v", err)
+	}
+	if !strings.Contains(followed.String(), "started\ncrashing\nstarted\n") {
+		t.Errorf("followed log = %q", followed.String())
 	}
 	if err := h.engine.Down(context.Background(), env); err != nil {
 		t.Fatal(err)
