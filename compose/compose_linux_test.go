@@ -237,7 +237,9 @@ services:
 	fctx, stop := context.WithTimeout(context.Background(), 40*time.Second)
 	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- h.engine.Logs(fctx, env, LogsOptions{Service: "crasher", Follow: true, Tail: -1}, &followed) }()
+	go func() {
+		done <- h.engine.Logs(fctx, env, LogsOptions{Service: "crasher", Follow: true, Tail: -1}, &followed)
+	}()
 	for strings.Count(followed.String(), "started") < 2 {
 		if fctx.Err() != nil {
 			t.Fatalf("crashed service was not restarted by containerd within 40 s; log:\n%s", followed.String())
