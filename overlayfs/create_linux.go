@@ -49,7 +49,7 @@ func (m *Manager) mode() Mode {
 		return m.opts.force
 	}
 	m.probeOnce.Do(func() {
-		err := probeOverlay(filepath.Join(m.root, dirTmp))
+		err := m.probe()
 		m.overlayOK = err == nil
 		if err != nil {
 			m.logf("overlay unavailable (%v): workspaces will be copies", err)
@@ -59,6 +59,28 @@ func (m *Manager) mode() Mode {
 		return ModeOverlay
 	}
 	return ModeReflink
+}
+
+// probe learns whether overlays can be mounted here. Success is kept in
+// root/probe with the boot id, so a CLI that makes one Manager per command
+// does not mount a throwaway overlay every time; a failure is probed again
+// next time, in case it was passing.
+func (m *Manager) probe() error {
+	bootID, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	cache := filepath.Join(m.root, "probe")
+	if b, err := os.ReadFile(cache); err == nil && len(bootID) > 0 && string(b) == string(bootID) {
+		return nil
+	}
+	if err := probeOverlay(filepath.Join(m.root, dirTmp)); err != nil {
+		return err
+	}
+	if len(bootID) > 0 {
+		tmp := cache + ".tmp"
+		if os.WriteFile(tmp, bootID, 0o644) == nil {
+			os.Rename(tmp, cache)
+		}
+	}
+	return nil
 }
 
 func (m *Manager) lock() (func(), error) { return flock(filepath.Join(m.root, "lock"), false) }
