@@ -137,6 +137,12 @@ func makePrivateGitDir(l *gitLink, dst string, own *owner) error {
 	if err := copyDirFiles(l.commonDir+"/refs", dst+"/refs"); err != nil {
 		return err
 	}
+	// A submodule's config names its working tree relative to the
+	// superproject's git directory; the workspace's .git file says where
+	// the working tree is instead.
+	if err := dropConfigKey(dst+"/config", "core.worktree"); err != nil {
+		return err
+	}
 	if own != nil && os.Geteuid() == 0 {
 		return filepath.Walk(dst, func(p string, _ os.FileInfo, err error) error {
 			if err != nil {
@@ -144,6 +150,20 @@ func makePrivateGitDir(l *gitLink, dst string, own *owner) error {
 			}
 			return os.Lchown(p, int(own.uid), int(own.gid))
 		})
+	}
+	return nil
+}
+
+func dropConfigKey(file, key string) error {
+	cmd := exec.Command("git", "config", "--file", file, "--unset-all", key)
+	cmd.Env = gitEnv()
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) && exit.ExitCode() == 5 {
+		return nil // not set
+	}
+	if err != nil {
+		return fmt.Errorf("git config --unset %s in %s: %w: %s", key, file, err, out)
 	}
 	return nil
 }

@@ -250,3 +250,39 @@ func TestMergeRefusesCheckedOutBranch(t *testing.T) {
 		})
 	}
 }
+
+// TestSubmoduleSource: a submodule checkout's .git file points into the
+// superproject; the env still gets a working repository of its own.
+func TestSubmoduleSource(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	lib := gitSource(t)
+	super := gitSource(t)
+	gitRun(t, super, "-c", "protocol.file.allow=always", "submodule", "add", "-q", lib, "lib")
+	gitRun(t, super, "commit", "-qm", "add lib")
+	sub := filepath.Join(super, "lib")
+	before := hashTree(t, sub)
+	m := newTestManager(t)
+	ws, err := m.Create(ctx, "sub", sub, CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := gitRun(t, ws.Path, "rev-parse", "--show-toplevel"); got != ws.Path {
+		t.Errorf("env's git top level = %q, want %q", got, ws.Path)
+	}
+	if got := gitRun(t, ws.Path, "status", "--porcelain"); got != "" {
+		t.Errorf("fresh env of a submodule is dirty: %q", got)
+	}
+	writeFile(t, ws.Path, "env.txt", "env\n", 0o644)
+	gitRun(t, ws.Path, "add", "-A")
+	gitRun(t, ws.Path, "commit", "-qm", "env")
+	if err := m.Merge(ctx, "sub", "cilo/sub"); err != nil {
+		t.Fatal(err)
+	}
+	if got := gitRun(t, sub, "log", "-1", "--format=%s", "cilo/sub"); got != "env" {
+		t.Errorf("merged tip = %q", got)
+	}
+	if hashTree(t, sub) != before {
+		t.Error("submodule checkout changed")
+	}
+}
