@@ -96,7 +96,10 @@ func (s *Server) Start(ctx context.Context) error {
 			s.Close()
 			return fmt.Errorf("dns listen address %q: %w", a, err)
 		}
-		l, err := s.listen(ap, runtime.GOMAXPROCS(0))
+		// Two sockets per CPU: the kernel spreads clients over sockets by
+		// a hash of their address, and with more buckets than CPUs even
+		// a few clients keep every CPU busy.
+		l, err := s.listen(ap, 2*runtime.GOMAXPROCS(0))
 		if err != nil {
 			s.Close()
 			return err
@@ -296,24 +299,15 @@ func (s *Server) listen(ap netip.AddrPort, workers int) (*listener, error) {
 			s.logf("dns: tcp %s: %v", bound, err)
 		}
 	}()
-	// A busy listener gets two loops per socket: while one is answering a
-	// batch the other is already reading the next, so the work spreads
-	// over the CPUs even when few clients hash to one socket.
-	readers := 1
-	if workers > 1 {
-		readers = 2
-	}
 	for _, c := range conns {
 		if workers > 1 {
 			growBuffers(c)
 		}
-		for range readers {
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
-				s.serveUDP(c, bound.Addr())
-			}()
-		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			s.serveUDP(c, bound.Addr())
+		}()
 	}
 	return l, nil
 }
