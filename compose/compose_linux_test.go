@@ -151,6 +151,9 @@ func TestTwoEnvsOfOneStack(t *testing.T) {
 		if want := "api:running db:running migrate:stopped:0"; strings.Join(got, " ") != want {
 			t.Fatalf("ps = %v, want %s", got, want)
 		}
+		if p := ps[1].Ports; len(p) != 1 || p[0].Published != 15432 || p[0].Target != 5432 || p[0].Protocol != "tcp" {
+			t.Errorf("ports of db = %+v", p)
+		}
 	})
 	t.Run("logs", func(t *testing.T) {
 		var buf bytes.Buffer

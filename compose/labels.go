@@ -16,6 +16,7 @@ const (
 	labelStopSig   = "cilo.stop-signal"
 	labelStopGrace = "cilo.stop-grace-period"
 	labelRunDir    = "cilo.rundir"
+	labelPorts     = "cilo.ports" // JSON []state.Port, published inside the env
 
 	composeProject    = "com.docker.compose.project"
 	composeService    = "com.docker.compose.service"

@@ -3,6 +3,7 @@ package compose
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,15 +25,16 @@ import (
 
 // Container is one service replica as `cilo ps` shows it.
 type Container struct {
-	Name     string  `json:"name"`
-	ID       string  `json:"id"`
-	Service  string  `json:"service"`
-	Replica  int     `json:"replica"`
-	Image    string  `json:"image"`
-	Status   string  `json:"status"` // running, stopped, created, ...
-	ExitCode *uint32 `json:"exit_code,omitempty"`
-	Addr     string  `json:"addr"`
-	Restarts int     `json:"restarts,omitempty"`
+	Name     string       `json:"name"`
+	ID       string       `json:"id"`
+	Service  string       `json:"service"`
+	Replica  int          `json:"replica"`
+	Image    string       `json:"image"`
+	Status   string       `json:"status"` // running, stopped, created, ...
+	ExitCode *uint32      `json:"exit_code,omitempty"`
+	Addr     string       `json:"addr"`
+	Ports    []state.Port `json:"ports,omitempty"` // localhost:Published inside the env
+	Restarts int          `json:"restarts,omitempty"`
 }
 
 // Ps lists the env's containers sorted by service and replica.
@@ -59,6 +61,9 @@ func (e *Engine) Ps(ctx context.Context, env *state.Env) ([]Container, error) {
 		restarts, _ := strconv.Atoi(l["containerd.io/restart.count"])
 		ct := Container{Name: l[nerdctlName], ID: ctr.ID(), Service: l[labelService], Replica: n,
 			Image: info.Image, Status: "created", Addr: l[labelAddr], Restarts: restarts}
+		if p := l[labelPorts]; p != "" {
+			json.Unmarshal([]byte(p), &ct.Ports)
+		}
 		task, err := ctr.Task(ctx, nil)
 		if err == nil {
 			st, err := task.Status(ctx)

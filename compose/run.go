@@ -421,6 +421,15 @@ func (e *Engine) labels(pl *plan, s types.ServiceConfig, r replica, img containe
 	if s.StopGracePeriod != nil {
 		grace = time.Duration(*s.StopGracePeriod)
 	}
+	var ports []byte
+	for _, sv := range pl.services {
+		if sv.Name == s.Name && len(sv.Ports) > 0 {
+			ports, _ = json.Marshal(sv.Ports)
+		}
+	}
+	if ports != nil {
+		l[labelPorts] = string(ports)
+	}
 	for k, v := range map[string]string{
 		labelProject:      pl.env.Project,
 		labelEnv:          pl.env.Name,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
@@ -117,13 +118,17 @@ func psCmd(a *app) *cobra.Command {
 				return a.writeJSON(cs)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSERVICE\tSTATUS\tADDRESS\tIMAGE")
+			fmt.Fprintln(tw, "NAME\tSERVICE\tSTATUS\tADDRESS\tPORTS\tIMAGE")
 			for _, c := range cs {
 				status := c.Status
 				if c.ExitCode != nil {
 					status = fmt.Sprintf("%s (%d)", status, *c.ExitCode)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Name, c.Service, status, c.Addr, c.Image)
+				var ports []string
+				for _, p := range c.Ports {
+					ports = append(ports, fmt.Sprintf("localhost:%d->%d/%s", p.Published, p.Target, p.Protocol))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, c.Service, status, c.Addr, strings.Join(ports, ","), c.Image)
 			}
 			return tw.Flush()
 		},
