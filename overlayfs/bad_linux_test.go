@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cilo-dev/cilo/overlayfs/loopfs"
 )
@@ -199,5 +200,37 @@ func copyExecutable(t *testing.T, from, to string) {
 	}
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCreateCancelled: an interrupted create (Ctrl-C during a first
+// snapshot) leaves nothing behind either.
+func TestCreateCancelled(t *testing.T) {
+	requireRoot(t)
+	tests := []struct {
+		name  string
+		after time.Duration
+	}{
+		{"before_start", 0},
+		{"during_snapshot", 5 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := filepath.Join(t.TempDir(), "src")
+			for i := 0; i < 2000; i++ {
+				writeFile(t, src, fmt.Sprintf("d%02d/f%04d.txt", i%50, i), strings.Repeat("x", 4096), 0o644)
+			}
+			m := newTestManager(t)
+			ctx, cancel := context.WithTimeout(context.Background(), tt.after)
+			defer cancel()
+			if ws, err := m.Create(ctx, "cancelled", src, CreateOptions{}); err == nil {
+				// Fast machines may finish first; that is not a failure of cleanup.
+				t.Logf("create finished before the cancel: %s", ws.Path)
+				return
+			} else if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("error %v is not the context's", err)
+			}
+			assertEmptyRoot(t, m.root)
+		})
 	}
 }

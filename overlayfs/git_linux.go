@@ -155,6 +155,9 @@ func makePrivateGitDir(l *gitLink, dst string, own *owner) error {
 }
 
 func dropConfigKey(file, key string) error {
+	if _, err := exec.LookPath("git"); err != nil {
+		return nil // nobody can use the repository without git anyway
+	}
 	cmd := exec.Command("git", "config", "--file", file, "--unset-all", key)
 	cmd.Env = gitEnv()
 	out, err := cmd.CombinedOutput()
