@@ -231,3 +231,39 @@ func pidsMax(t *testing.T, pid uint32) string {
 	}
 	return ""
 }
+
+// TestConcurrentUpOfOneEnv: two cilo processes (two engines) bring up one
+// env at once; both succeed and the env has each container once.
+func TestConcurrentUpOfOneEnv(t *testing.T) {
+	h := newHarness(t)
+	env := h.newEnv(0, "twice", map[string]string{"compose.yaml": `
+services:
+  web: {image: cilo-test/testsvc, command: ["http", "-listen", ":80"], deploy: {replicas: 2}}
+  db: {image: cilo-test/testsvc, command: ["http", "-listen", ":5432"]}
+`})
+	other := New(h.opts)
+	defer other.Close()
+	errs := make(chan error, 2)
+	for _, e := range []*Engine{h.engine, other} {
+		go func() {
+			_, err := e.Up(context.Background(), env)
+			errs <- err
+		}()
+	}
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps, err := h.engine.Ps(context.Background(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range ps {
+		got = append(got, fmt.Sprintf("%s/%d:%s", c.Service, c.Replica, c.Status))
+	}
+	if want := "db/1:running web/1:running web/2:running"; strings.Join(got, " ") != want {
+		t.Fatalf("containers = %v, want %s", got, want)
+	}
+}

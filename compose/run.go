@@ -63,6 +63,11 @@ func (e *Engine) Up(ctx context.Context, env *state.Env) ([]state.Service, error
 	if err != nil {
 		return nil, err
 	}
+	unlock, err := e.lockEnv(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	imgs, err := e.ensureImages(ctx, c, p)
 	if err != nil {
 		return nil, err
@@ -745,6 +750,11 @@ func (e *Engine) down(ctx context.Context, env *state.Env) error {
 	if err != nil {
 		return err
 	}
+	unlock, err := e.lockEnv(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	cs, err := e.envContainers(ctx, c, env)
 	if err != nil {
 		return err
@@ -791,5 +801,7 @@ func (e *Engine) Remove(ctx context.Context, env *state.Env) error {
 		}
 		os.Remove(filepath.Dir(d)) // the project's dir, once its last env is gone
 	}
+	os.Remove(e.lockPath(env))
+	os.Remove(filepath.Dir(e.lockPath(env)))
 	return errors.Join(errs...)
 }
