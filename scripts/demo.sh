@@ -65,7 +65,8 @@ for e in $envs; do
 	# From the host: the service by its DNS name when the host resolves
 	# cilo's names, else by its address.
 	host="api.$e.test"
-	getent hosts "$host" >/dev/null 2>&1 || host=$("$cilo" ps "$e" | awk '$2 == "api" { print $4 }')
+	getent hosts "$host" >/dev/null 2>&1 ||
+		host=$("$cilo" ps "$e" --json | awk -F'"' '/"service": "api"/ { f = 1 } f && /"addr"/ { print $4; exit }')
 	printf '%s: from the host, http://%s:8080/count -> %s\n' "$e" "$host" "$(curl -fsS "http://$host:8080/count")"
 done
 
