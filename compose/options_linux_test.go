@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 const optionsStack = `
@@ -265,5 +266,53 @@ services:
 	}
 	if want := "db/1:running web/1:running web/2:running"; strings.Join(got, " ") != want {
 		t.Fatalf("containers = %v, want %s", got, want)
+	}
+}
+
+// TestStopSignalAndGracePeriod: Down sends stop_signal, and kills a
+// service that ignores it once stop_grace_period is over.
+func TestStopSignalAndGracePeriod(t *testing.T) {
+	h := newHarness(t)
+	env := h.newEnv(0, "stop", map[string]string{"compose.yaml": `
+services:
+  polite:
+    image: cilo-test/testsvc
+    entrypoint: ["/bin/sh", "-c", "trap 'echo got INT; exit 0' INT; echo ready; while true; do sleep 0.1; done"]
+    stop_signal: SIGINT
+  stubborn:
+    image: cilo-test/testsvc
+    entrypoint: ["/bin/sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done"]
+    stop_grace_period: 1500ms
+`})
+	if _, err := h.engine.Up(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	// Both shells must have set their traps.
+	for _, svc := range []string{"polite", "stubborn"} {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			b, _ := os.ReadFile(h.engine.logPath("app", "stop", svc))
+			if strings.Contains(string(b), "ready") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never got ready", svc)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	start := time.Now()
+	if err := h.engine.Down(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if took < 1500*time.Millisecond || took > 6*time.Second {
+		t.Errorf("down took %s; want the 1.5 s grace period of stubborn, then SIGKILL", took)
+	}
+	if b, _ := os.ReadFile(h.engine.logPath("app", "stop", "polite")); !strings.Contains(string(b), "got INT") {
+		t.Errorf("polite did not get SIGINT; log %q", b)
+	}
+	if left := h.leftovers(env); len(left) != 0 {
+		t.Fatalf("left: %v", left)
 	}
 }
