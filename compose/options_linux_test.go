@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	testimages "github.com/cilo-dev/cilo/test/images"
 )
 
 const optionsStack = `
@@ -314,5 +317,56 @@ services:
 	}
 	if left := h.leftovers(env); len(left) != 0 {
 		t.Fatalf("left: %v", left)
+	}
+}
+
+// TestBuildThroughBuildkit drives the build: path with a stand-in for
+// buildctl (a script printing a prebuilt archive, as `buildctl build
+// --output type=docker` does) and a socket standing for buildkitd: the
+// image is named <project>-<service>, built once and shared by envs.
+func TestBuildThroughBuildkit(t *testing.T) {
+	h := newHarness(t)
+	dir := t.TempDir()
+	archive := filepath.Join(dir, "built.tar")
+	spec := testimages.Spec{Ref: "app-web", Files: []testimages.File{{Path: "/testsvc", Source: filepath.Join(filepath.Dir(testArchive), "testsvc"), Mode: 0o755}},
+		Entrypoint: []string{"/testsvc"}, Cmd: []string{"http", "-listen", ":80", "-name", "built"}}
+	if err := testimages.WriteArchiveFile(archive, spec); err != nil {
+		t.Fatal(err)
+	}
+	calls := filepath.Join(dir, "calls")
+	script := "#!/bin/sh\necho \"$@\" >> " + calls + "\ncat " + archive + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "buildctl"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "buildkitd.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	t.Setenv("BUILDKIT_HOST", "unix://"+sock)
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+
+	compose := "services:\n  web:\n    build:\n      context: ./web\n      args: {V: \"1\"}\n"
+	files := map[string]string{"compose.yaml": compose, "web/Dockerfile": "FROM scratch\n"}
+	for i, name := range []string{"b1", "b2"} {
+		env := h.newEnv(i, name, files)
+		if _, err := h.engine.Up(context.Background(), env); err != nil {
+			t.Fatalf("up %s: %v", name, err)
+		}
+		body, err := eventually("", tcp4(h.net.Pool().Host(i, 10).String()+":80"), "/")
+		if err != nil || !strings.HasPrefix(body, "built") {
+			t.Fatalf("%s: built service answered %q, %v", name, body, err)
+		}
+	}
+	b, _ := os.ReadFile(calls)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 1 {
+		t.Fatalf("buildctl ran %d times, want once (the second env uses the built image): %q", len(lines), b)
+	}
+	for _, want := range []string{"--frontend dockerfile.v0", "/web", "type=docker,name=docker.io/library/app-web:latest", "build-arg:V=1"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("buildctl args %q lack %q", lines[0], want)
+		}
 	}
 }
