@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -206,5 +207,40 @@ func TestHostTeardown(t *testing.T) {
 	}
 	if ok, _ := n.HostRulesInstalled(); ok {
 		t.Fatal("nftables table survived teardown")
+	}
+}
+
+// TestSameEnvNamespacesTalk: two namespaces on one env's bridge (the env
+// and a service) reach each other, also where br_netfilter makes bridged
+// packets pass the forward hook, while other envs stay cut off.
+func TestSameEnvNamespacesTalk(t *testing.T) {
+	n := testNetwork(t)
+	a := createEnv(t, n, 0)
+	b := createEnv(t, n, 1)
+	svc := n.prefix + "-test-0-svc"
+	if err := CreateNetns(svc); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { DeleteNetns(svc) })
+	veth := fmt.Sprintf("%ss0x10", n.prefix)
+	addr := n.pool.Host(0, 10)
+	if err := n.Attach(context.Background(), a, svc, veth, addr, "cilo-test"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Detach(context.Background(), veth) })
+	listenIn(t, Link{Netns: svc}, "0.0.0.0:5432", "db")
+
+	if got, err := dialFrom(a.Netns, addr.String()+":5432"); err != nil || got != "db" {
+		got2, err2 := dialFrom(a.Netns, addr.String()+":5432")
+		if out, err := exec.Command("sh", "-c", "nft list ruleset > /tmp/ruleset.txt; ip route > /tmp/routes.txt; ip -d link show "+a.Bridge+" >> /tmp/routes.txt; bridge link >> /tmp/routes.txt").CombinedOutput(); err != nil {
+			t.Log(string(out))
+		}
+		t.Fatalf("env to its own service: %q, %v (again: %q %v)", got, err, got2, err2)
+	}
+	if got, err := dialFrom(b.Netns, addr.String()+":5432"); err == nil {
+		t.Fatalf("other env reached the service: %q", got)
+	}
+	if got, err := dialFrom("", addr.String()+":5432"); err != nil || got != "db" {
+		t.Fatalf("host to the service: %q, %v", got, err)
 	}
 }

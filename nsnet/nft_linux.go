@@ -14,7 +14,8 @@ import (
 //
 //	table inet <prefix> {
 //	  chain forward { type filter hook forward priority filter;
-//	    iifname "<prefix>b*" ip daddr <pool> drop      # env-to-env
+//	    iifname "<prefix>b*" fib daddr . iif oif exists accept  # same env, bridged
+//	    iifname "<prefix>b*" ip daddr <pool> drop              # env-to-env
 //	  }
 //	  chain postrouting { type nat hook postrouting priority srcnat;
 //	    ip saddr <pool> oifname != "<prefix>b*" masquerade   # egress
@@ -48,6 +49,19 @@ func (n *Network) ensureHostRules() error {
 	c.FlushChain(post)
 	bridges := []byte(n.prefix + "b")
 	pool := n.pool.Prefix()
+	// Where br_netfilter is loaded, packets bridged between two
+	// namespaces of one env pass this hook too, with the env's bridge as
+	// iif. "fib daddr . iif oif exists" accepts exactly those: the
+	// destination lies behind the interface the packet came in on.
+	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(
+		matchIPv4(),
+		matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridges),
+		[]expr.Any{
+			&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: true, ResultOIF: true},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+			&expr.Verdict{Kind: expr.VerdictAccept},
+		},
+	)})
 	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(
 		matchIPv4(),
 		matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridges),
