@@ -131,7 +131,6 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 		}
 	}()
 
-	t0 := time.Now()
 	meta := &wsMeta{
 		Workspace: Workspace{ID: id, Source: src, Mode: mode},
 		Created:   time.Now().UTC(),
@@ -155,7 +154,6 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 	}
 	// Fast path: the source is exactly as when its newest base was made.
 	var base *baseMeta
-	how := "unchanged"
 	if prev := m.newestBase(src, o.Exclude, class); prev != nil {
 		if man, err := readManifest(filepath.Join(m.baseDir(prev.ID), "manifest")); err == nil && unchanged(ctx, src, man) {
 			if base, _, err = m.registerExisting(prev.ID, register); err != nil {
@@ -164,7 +162,6 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 		}
 	}
 	if base == nil {
-		how = "walked"
 		w, err := walkTree(ctx, src, ex)
 		if err != nil {
 			return nil, fmt.Errorf("read source state of %s: %w", src, err)
@@ -175,7 +172,6 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 			return nil, err
 		}
 	}
-	t2 := time.Now()
 	link, err := readGitLink(src)
 	if err != nil {
 		return nil, err
@@ -201,8 +197,6 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 			return nil, err
 		}
 	}
-	m.logf("workspace %s: %s over base %s (%d layers, source %s): base in %s, set up in %s", id, meta.Mode, base.ID,
-		len(base.Layers), how, t2.Sub(t0).Round(time.Microsecond), time.Since(t2).Round(time.Microsecond))
 	out := meta.Workspace
 	return &out, nil
 }
