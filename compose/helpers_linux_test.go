@@ -18,8 +18,6 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 
 	"github.com/cilo-dev/cilo/nsnet"
 	"github.com/cilo-dev/cilo/sandbox/state"
@@ -101,7 +99,6 @@ func newHarness(t *testing.T) *harness {
 	if err := n.EnsureHost(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	allowBridged(t, prefix)
 	dir := t.TempDir()
 	logs := &strings.Builder{}
 	opts := Options{
@@ -123,27 +120,6 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	return h
-}
-
-// allowBridged works around nsnet's host table dropping traffic between
-// two namespaces of one env when br_netfilter is loaded (see
-// docs/compose.md): `fib daddr . iif oif exists accept` ahead of the drop.
-func allowBridged(t *testing.T, prefix string) {
-	t.Helper()
-	c, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.CloseLasting()
-	tbl := &nftables.Table{Name: prefix, Family: nftables.TableFamilyINet}
-	c.InsertRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: "forward", Table: tbl}, Exprs: []expr.Any{
-		&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: true, ResultOIF: true},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	}})
-	if err := c.Flush(); err != nil {
-		t.Fatalf("allow bridged traffic: %v", err)
-	}
 }
 
 // removeNamespace deletes everything in the test's containerd namespace

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	dockerconfig "github.com/docker/cli/cli/config"
 )
 
 // registry is a minimal registry on loopback serving the test image as
@@ -113,7 +115,13 @@ func TestPullWithAuthAndPolicy(t *testing.T) {
 	cfg := t.TempDir()
 	auth := base64.StdEncoding.EncodeToString([]byte("cilo:secret"))
 	os.WriteFile(filepath.Join(cfg, "config.json"), []byte(`{"auths":{"`+reg.addr+`":{"auth":"`+auth+`"}}}`), 0o600)
+	// DOCKER_CONFIG is what a user sets; docker/cli reads it once per
+	// process, so the test also points the already-initialised value at
+	// its own directory.
 	t.Setenv("DOCKER_CONFIG", cfg)
+	oldDir := dockerconfig.Dir()
+	dockerconfig.SetDir(cfg)
+	t.Cleanup(func() { dockerconfig.SetDir(oldDir) })
 	var progress lockedBuffer
 	o := h.opts
 	o.Progress = &progress

@@ -8,9 +8,6 @@ import (
 	"net/netip"
 	"testing"
 	"time"
-
-	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 )
 
 // serviceNetns attaches a service namespace at host h of env l, torn down
@@ -33,32 +30,8 @@ func serviceNetns(t *testing.T, n *Network, l Link, h int) (string, netip.Addr) 
 	return name, addr
 }
 
-// allowBridged works around the host table dropping traffic between two
-// namespaces of one env when br_netfilter is loaded (bridged packets then
-// pass the inet forward hook with iifname = the bridge): it inserts
-// `fib daddr . iif oif exists accept` ahead of the env-to-env drop, which
-// nsnet's host table itself should carry (see docs/compose.md).
-func allowBridged(t *testing.T, n *Network) {
-	t.Helper()
-	c, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.CloseLasting()
-	tbl := n.hostTable()
-	c.InsertRule(&nftables.Rule{Table: tbl, Chain: &nftables.Chain{Name: "forward", Table: tbl}, Exprs: []expr.Any{
-		&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: true, ResultOIF: true},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	}})
-	if err := c.Flush(); err != nil {
-		t.Fatalf("allow bridged traffic: %v", err)
-	}
-}
-
 func TestSetPortForwards(t *testing.T) {
 	n := testNetwork(t)
-	allowBridged(t, n)
 	a := createEnv(t, n, 0)
 	b := createEnv(t, n, 1)
 	aSvc, aAddr := serviceNetns(t, n, a, 10)
