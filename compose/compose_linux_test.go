@@ -173,7 +173,7 @@ func TestTwoEnvsOfOneStack(t *testing.T) {
 			t.Errorf("tail 1 of db = %q", buf.String())
 		}
 	})
-	t.Run("up_again_keeps_running_containers", func(t *testing.T) {
+	t.Run("up_again_keeps_running_containers_and_finished_jobs", func(t *testing.T) {
 		before, _ := h.client.LoadContainer(h.ctx, containerID("app", "a", "db", 1))
 		bt, _ := before.Task(h.ctx, nil)
 		if _, err := h.engine.Up(ctx, a); err != nil {
@@ -182,6 +182,10 @@ func TestTwoEnvsOfOneStack(t *testing.T) {
 		at, err := before.Task(h.ctx, nil)
 		if err != nil || at.Pid() != bt.Pid() {
 			t.Fatalf("db task replaced: pid %d -> %v, %v", bt.Pid(), at, err)
+		}
+		b, _ := os.ReadFile(h.engine.logPath("app", "a", "migrate"))
+		if n := strings.Count(string(b), "db a"); n != 1 {
+			t.Fatalf("migrate ran %d times, want once: %q", n, b)
 		}
 	})
 	t.Run("down_and_remove_leave_nothing", func(t *testing.T) {

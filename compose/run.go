@@ -354,6 +354,15 @@ func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, pl *
 			p.task = task
 			return p, nil
 		}
+		// A one-shot job that already finished well stays finished: Up
+		// runs on every `cilo run`, and a migration must not run again
+		// each time. (cilo down, or a change to the service, reruns it.)
+		if serr == nil && st.Status == containerd.Stopped && st.ExitStatus == 0 && restartPolicy(s) == nil {
+			done := make(chan containerd.ExitStatus, 1)
+			done <- *containerd.NewExitStatus(0, st.ExitTime, nil)
+			p.task, p.exitC = task, done
+			return p, nil
+		}
 		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
 			return nil, fmt.Errorf("service %q: delete old task of %s: %w", s.Name, ctr.ID(), err)
 		}
