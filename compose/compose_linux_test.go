@@ -143,12 +143,15 @@ func TestTwoEnvsOfOneStack(t *testing.T) {
 		var got []string
 		for _, c := range ps {
 			s := c.Service + ":" + c.Status
+			if c.Health != "" {
+				s += ":" + c.Health
+			}
 			if c.ExitCode != nil {
 				s += fmt.Sprintf(":%d", *c.ExitCode)
 			}
 			got = append(got, s)
 		}
-		if want := "api:running db:running migrate:stopped:0"; strings.Join(got, " ") != want {
+		if want := "api:running db:running:healthy migrate:stopped:0"; strings.Join(got, " ") != want {
 			t.Fatalf("ps = %v, want %s", got, want)
 		}
 		if p := ps[1].Ports; len(p) != 1 || p[0].Published != 15432 || p[0].Target != 5432 || p[0].Protocol != "tcp" {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -25,6 +26,30 @@ type health struct {
 	retries       int
 	startPeriod   time.Duration
 	startInterval time.Duration
+}
+
+// healthLabel is the part of a healthcheck `cilo ps` needs to probe a
+// container once, kept on the container as a label.
+type healthLabel struct {
+	Cmd     []string      `json:"cmd"`
+	Timeout time.Duration `json:"timeout"`
+}
+
+// health1 probes a container once with its healthcheck: "healthy",
+// "unhealthy", or "" when it has none or does not run.
+func health1(ctx context.Context, task containerd.Task, spec *specs.Spec, label string) string {
+	if label == "" {
+		return ""
+	}
+	var h healthLabel
+	if json.Unmarshal([]byte(label), &h) != nil || len(h.Cmd) == 0 {
+		return ""
+	}
+	_, code, err := probe(ctx, task, spec, h.Cmd, h.Timeout)
+	if err == nil && code == 0 {
+		return "healthy"
+	}
+	return "unhealthy"
 }
 
 // healthcheckOf resolves the service's healthcheck (nil: none or disabled).

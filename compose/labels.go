@@ -16,7 +16,8 @@ const (
 	labelStopSig   = "cilo.stop-signal"
 	labelStopGrace = "cilo.stop-grace-period"
 	labelRunDir    = "cilo.rundir"
-	labelPorts     = "cilo.ports" // JSON []state.Port, published inside the env
+	labelPorts     = "cilo.ports"       // JSON []state.Port, published inside the env
+	labelHealth    = "cilo.healthcheck" // JSON healthLabel, for ps
 
 	composeProject    = "com.docker.compose.project"
 	composeService    = "com.docker.compose.service"

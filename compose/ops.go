@@ -30,14 +30,16 @@ type Container struct {
 	Service  string       `json:"service"`
 	Replica  int          `json:"replica"`
 	Image    string       `json:"image"`
-	Status   string       `json:"status"` // running, stopped, created, ...
+	Status   string       `json:"status"`           // running, stopped, created, ...
+	Health   string       `json:"health,omitempty"` // healthy or unhealthy: one probe now
 	ExitCode *uint32      `json:"exit_code,omitempty"`
 	Addr     string       `json:"addr"`
 	Ports    []state.Port `json:"ports,omitempty"` // localhost:Published inside the env
 	Restarts int          `json:"restarts,omitempty"`
 }
 
-// Ps lists the env's containers sorted by service and replica.
+// Ps lists the env's containers sorted by service and replica. A running
+// container with a healthcheck is probed once, so Health is current.
 func (e *Engine) Ps(ctx context.Context, env *state.Env) ([]Container, error) {
 	c, ctx, err := e.connect(ctx)
 	if err != nil {
@@ -69,6 +71,11 @@ func (e *Engine) Ps(ctx context.Context, env *state.Env) ([]Container, error) {
 			st, err := task.Status(ctx)
 			if err == nil {
 				ct.Status = string(st.Status)
+				if st.Status == containerd.Running {
+					if spec, err := ctr.Spec(ctx); err == nil {
+						ct.Health = health1(ctx, task, spec, l[labelHealth])
+					}
+				}
 				if st.Status == containerd.Stopped {
 					code := st.ExitStatus
 					ct.ExitCode = &code

@@ -444,6 +444,10 @@ func (e *Engine) labels(pl *plan, s types.ServiceConfig, r replica, img containe
 	if ports != nil {
 		l[labelPorts] = string(ports)
 	}
+	if h := healthcheckOf(s); h != nil {
+		b, _ := json.Marshal(healthLabel{Cmd: h.cmd, Timeout: h.timeout})
+		l[labelHealth] = string(b)
+	}
 	for k, v := range map[string]string{
 		labelProject:      pl.env.Project,
 		labelEnv:          pl.env.Name,

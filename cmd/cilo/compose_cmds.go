@@ -124,6 +124,9 @@ func psCmd(a *app) *cobra.Command {
 				if c.ExitCode != nil {
 					status = fmt.Sprintf("%s (%d)", status, *c.ExitCode)
 				}
+				if c.Health != "" {
+					status = fmt.Sprintf("%s (%s)", status, c.Health)
+				}
 				var ports []string
 				for _, p := range c.Ports {
 					ports = append(ports, fmt.Sprintf("localhost:%d->%d/%s", p.Published, p.Target, p.Protocol))
