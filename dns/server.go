@@ -223,6 +223,7 @@ func (s *Server) Close() error {
 type listener struct {
 	addr netip.AddrPort
 	udp  []*net.UDPConn
+	ln   net.Listener
 	tcp  *mdns.Server
 	wg   sync.WaitGroup
 }
@@ -232,13 +233,12 @@ func (l *listener) close() error {
 	for _, c := range l.udp {
 		errs = append(errs, c.Close())
 	}
-	if l.tcp != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		if err := l.tcp.ShutdownContext(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			errs = append(errs, err)
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := l.tcp.ShutdownContext(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		errs = append(errs, err)
 	}
+	l.ln.Close() // in any case: Accept fails and the TCP loop ends
 	l.wg.Wait()
 	return errors.Join(errs...)
 }
@@ -290,15 +290,25 @@ func (s *Server) listen(ap netip.AddrPort, workers int) (*listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &listener{addr: bound, udp: conns}
-	l.tcp = &mdns.Server{Listener: ln, Handler: s.h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
+	l := &listener{addr: bound, udp: conns, ln: ln}
+	started := make(chan struct{})
+	l.tcp = &mdns.Server{Listener: ln, Handler: s.h, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+		NotifyStartedFunc: func() { close(started) }}
+	exited := make(chan struct{})
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
-		if err := l.tcp.ActivateAndServe(); err != nil {
+		defer close(exited)
+		if err := l.tcp.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) {
 			s.logf("dns: tcp %s: %v", bound, err)
 		}
 	}()
+	// miekg's Shutdown fails on a server that has not started yet, which
+	// would leave it serving a listener that close already gave up on.
+	select {
+	case <-started:
+	case <-exited:
+	}
 	for _, c := range conns {
 		if workers > 1 {
 			growBuffers(c)
