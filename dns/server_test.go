@@ -400,3 +400,37 @@ func hasLoopback6() bool {
 	}
 	return false
 }
+
+// TestQuickStartStop adds and removes listeners as fast as possible: a
+// listener closed right after it was opened must not keep serving (and
+// keep Close waiting) forever.
+func TestQuickStartStop(t *testing.T) {
+	port := netip.MustParseAddrPort(freePort(t)).Port()
+	withEnv := NewZone("test", []*state.Env{func() *state.Env {
+		e := testEnv("shop", "dev", 1, svc("db", "10.250.1.11"))
+		e.Gateway = netip.MustParseAddr("127.0.0.1") // loopback stand-in on the test's own port
+		return e
+	}()}, 1)
+	empty := NewZone("test", nil, 2)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 50; i++ {
+			s := NewServer(Options{Suffix: "test", Addrs: []string{"127.0.0.1:0"}, EnvPort: int(port)})
+			if err := s.Start(context.Background()); err != nil {
+				t.Error(err)
+				return
+			}
+			for j := 0; j < 5; j++ {
+				s.SetZone(withEnv)
+				s.SetZone(empty)
+			}
+			s.Close()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("starting and stopping listeners hangs")
+	}
+}
