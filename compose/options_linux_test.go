@@ -38,8 +38,18 @@ services:
     image: cilo-test/testsvc
     command: ["sleep"]
     volumes: ["cache:/cache"]
+  seeded:
+    image: cilo-test/testsvc
+    command: ["sleep"]
+    volumes:
+      - tools:/bin
+      - scratch:/tmp
+      - {type: volume, source: plain, target: /data, volume: {nocopy: true}}
 volumes:
   cache: {}
+  tools: {}
+  scratch: {}
+  plain: {}
 `
 
 func TestServiceOptions(t *testing.T) {
@@ -50,8 +60,8 @@ func TestServiceOptions(t *testing.T) {
 	if err != nil {
 		t.Fatalf("up: %v\n%s", err, h.logs)
 	}
-	if len(svcs) != 2 || len(svcs[0].Addrs) != 2 {
-		t.Fatalf("services = %+v, want box with 2 replicas and writer", svcs)
+	if len(svcs) != 3 || len(svcs[0].Addrs) != 2 {
+		t.Fatalf("services = %+v, want box with 2 replicas, seeded and writer", svcs)
 	}
 	gw := env.Gateway.String()
 	tests := []struct {
@@ -71,6 +81,10 @@ func TestServiceOptions(t *testing.T) {
 		{"hostname_is_service", "box", "hostname", "box", false},
 		{"resolv_conf_points_at_env_dns", "box", "cat /etc/resolv.conf", "nameserver " + gw + "\nsearch opts.test", false},
 		{"hosts_name_all_services", "box", "cat /etc/hosts", "writer writer.opts.test", false},
+		// New named volumes start with the image's content and modes
+		// (a shell still runs with a volume over /bin), unless nocopy.
+		{"volume_copies_image_content", "seeded", "ls /bin/busybox && ls -ld /tmp", "drwxrwxrwt", false},
+		{"volume_nocopy_is_empty", "seeded", "ls -ld /data && ls -A /data | wc -l", "drwxr-xr-x", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -317,7 +317,7 @@ func (e *Engine) prepareReplica(ctx context.Context, c *containerd.Client, pl *p
 		nsnet.DeleteNetns(r.netns)
 		return nil, fmt.Errorf("service %q: %w", s.Name, err)
 	}
-	specOpts, err := e.specOpts(ctx, pl, s, r, img, rundir)
+	specOpts, err := e.specOpts(ctx, c, pl, s, r, img, rundir)
 	if err != nil {
 		e.removeNetwork(context.WithoutCancel(ctx), r.netns, r.veth)
 		return nil, err
@@ -480,7 +480,7 @@ func (e *Engine) labels(pl *plan, s types.ServiceConfig, r replica, img containe
 
 // specOpts turns the service into an OCI spec: the image's config, then
 // compose's overrides, the replica's namespace and generated files.
-func (e *Engine) specOpts(ctx context.Context, pl *plan, s types.ServiceConfig, r replica, img containerd.Image, rundir string) ([]oci.SpecOpts, error) {
+func (e *Engine) specOpts(ctx context.Context, c *containerd.Client, pl *plan, s types.ServiceConfig, r replica, img containerd.Image, rundir string) ([]oci.SpecOpts, error) {
 	ic, err := img.Spec(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("service %q: read image config: %w", s.Name, err)
@@ -507,7 +507,7 @@ func (e *Engine) specOpts(ctx context.Context, pl *plan, s types.ServiceConfig, 
 			env = append(env, k+"="+*v)
 		}
 	}
-	mounts, err := e.mounts(pl, s, r, rundir)
+	mounts, err := e.mounts(ctx, c, pl, s, r, img, rundir)
 	if err != nil {
 		return nil, err
 	}
@@ -556,7 +556,7 @@ func (e *Engine) specOpts(ctx context.Context, pl *plan, s types.ServiceConfig, 
 
 // mounts are the generated files, bind mounts (relative ones resolved in
 // the env's workspace by the loader), per-env named volumes and tmpfs.
-func (e *Engine) mounts(pl *plan, s types.ServiceConfig, r replica, rundir string) ([]specs.Mount, error) {
+func (e *Engine) mounts(ctx context.Context, c *containerd.Client, pl *plan, s types.ServiceConfig, r replica, img containerd.Image, rundir string) ([]specs.Mount, error) {
 	m := []specs.Mount{
 		{Destination: "/etc/hosts", Type: "bind", Source: filepath.Join(rundir, "hosts"), Options: []string{"rbind", "rw"}},
 		{Destination: "/etc/resolv.conf", Type: "bind", Source: filepath.Join(rundir, "resolv.conf"), Options: []string{"rbind", "rw"}},
@@ -589,7 +589,8 @@ func (e *Engine) mounts(pl *plan, s types.ServiceConfig, r replica, rundir strin
 				name = "_anonymous/" + r.id + "-" + hex.EncodeToString(h[:6])
 			}
 			dir := e.volumeDir(pl.env.Project, pl.env.Name, name)
-			if err := os.MkdirAll(dir, 0o755); err != nil {
+			nocopy := v.Volume != nil && v.Volume.NoCopy
+			if err := ensureVolume(ctx, c, img, dir, v.Target, nocopy); err != nil {
 				return nil, fmt.Errorf("service %q: create volume %s: %w", s.Name, name, err)
 			}
 			m = append(m, specs.Mount{Destination: v.Target, Type: "bind", Source: dir, Options: []string{"rbind", ro}})
