@@ -66,6 +66,7 @@ func logsCmd(a *app) *cobra.Command {
 
 func execCmd(a *app) *cobra.Command {
 	var noTTY bool
+	var index int
 	cmd := &cobra.Command{
 		Use:   "exec <env> <service> [cmd...]",
 		Short: "Run a command in a running compose service of an env (a shell by default)",
@@ -82,7 +83,7 @@ func execCmd(a *app) *cobra.Command {
 			e := a.composeEngine()
 			defer e.Close()
 			code, err := e.Exec(cmd.Context(), env, compose.ExecOptions{
-				Service: args[1], Args: args[2:], TTY: !noTTY && isTerminal(os.Stdin) && isTerminal(os.Stdout),
+				Service: args[1], Replica: index, Args: args[2:], TTY: !noTTY && isTerminal(os.Stdin) && isTerminal(os.Stdout),
 				Stdin: a.stdin, Stdout: a.stdout, Stderr: a.stderr,
 			})
 			return a.commandResult(code, err)
@@ -90,6 +91,7 @@ func execCmd(a *app) *cobra.Command {
 	}
 	cmd.Flags().SetInterspersed(false)
 	cmd.Flags().BoolVarP(&noTTY, "no-tty", "T", false, "do not allocate a terminal")
+	cmd.Flags().IntVar(&index, "index", 1, "which replica of the service")
 	return cmd
 }
 
