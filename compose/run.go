@@ -111,33 +111,57 @@ func (ev *event) wait(ctx context.Context) error {
 	}
 }
 
-type serviceEvents struct{ started, healthy, completed *event }
+// serviceState is what the dependents of one service wait on. The
+// healthy and completed conditions are checked lazily, once, by the first
+// dependent that has to start: a dependent that already runs does not make
+// Up probe its dependency again (depends_on gates starting, nothing else).
+type serviceState struct {
+	started *event // every replica runs, or why not
+
+	// Set before started fires.
+	checkHealthy   func() error
+	checkCompleted func() error
+
+	healthyOnce, completedOnce sync.Once
+	healthyErr, completedErr   error
+}
+
+// wait blocks until the condition holds. errDependency means the service
+// did not start (its own error is reported by itself).
+func (st *serviceState) wait(ctx context.Context, condition string) error {
+	if err := st.started.wait(ctx); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return errDependency
+	}
+	switch condition {
+	case types.ServiceConditionHealthy:
+		st.healthyOnce.Do(func() { st.healthyErr = st.checkHealthy() })
+		return st.healthyErr
+	case types.ServiceConditionCompletedSuccessfully:
+		st.completedOnce.Do(func() { st.completedErr = st.checkCompleted() })
+		return st.completedErr
+	}
+	return nil
+}
 
 // startAll starts every service as soon as its dependencies' conditions
 // hold; independent services start in parallel.
 func (e *Engine) startAll(ctx context.Context, c *containerd.Client, pl *plan, imgs map[string]containerd.Image) error {
 	p := pl.project
-	evs := map[string]*serviceEvents{}
-	need := map[string]map[string]bool{} // service -> conditions others wait for
+	states := map[string]*serviceState{}
 	for name := range p.Services {
-		evs[name] = &serviceEvents{newEvent(), newEvent(), newEvent()}
-		need[name] = map[string]bool{}
-	}
-	for _, s := range p.Services {
-		for dep, d := range s.DependsOn {
-			if need[dep] != nil {
-				need[dep][d.Condition] = true
-			}
-		}
+		states[name] = &serviceState{started: newEvent()}
 	}
 	var wg sync.WaitGroup
-	errs := make([]error, 0)
 	var mu sync.Mutex
+	var errs []error
 	for _, name := range p.ServiceNames() {
 		wg.Add(1)
 		go func(s types.ServiceConfig) {
 			defer wg.Done()
-			if err := e.runService(ctx, c, pl, s, imgs[s.Name], evs, need[s.Name]); err != nil {
+			if err := e.runService(ctx, c, pl, s, imgs[s.Name], states); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -156,13 +180,11 @@ func (e *Engine) startAll(ctx context.Context, c *containerd.Client, pl *plan, i
 	return errors.Join(errs...)
 }
 
-func (e *Engine) runService(ctx context.Context, c *containerd.Client, pl *plan, s types.ServiceConfig, img containerd.Image, evs map[string]*serviceEvents, need map[string]bool) (err error) {
-	own := evs[s.Name]
+func (e *Engine) runService(ctx context.Context, c *containerd.Client, pl *plan, s types.ServiceConfig, img containerd.Image, states map[string]*serviceState) (err error) {
+	own := states[s.Name]
 	defer func() {
 		if err != nil {
 			own.started.fire(err)
-			own.healthy.fire(err)
-			own.completed.fire(err)
 		}
 	}()
 	deps := make([]string, 0, len(s.DependsOn))
@@ -171,7 +193,7 @@ func (e *Engine) runService(ctx context.Context, c *containerd.Client, pl *plan,
 	}
 	sort.Strings(deps)
 	for _, dep := range deps {
-		if _, ok := evs[dep]; !ok && s.DependsOn[dep].Required {
+		if _, ok := states[dep]; !ok && s.DependsOn[dep].Required {
 			return fmt.Errorf("service %q depends on %q, which is not in the project (or not in the active profiles)", s.Name, dep)
 		}
 	}
@@ -179,34 +201,28 @@ func (e *Engine) runService(ctx context.Context, c *containerd.Client, pl *plan,
 	// every other service (as docker compose creates before it starts);
 	// only starting waits for the dependencies.
 	var rs []*prepared
+	needStart := false
 	for _, r := range pl.replicas[s.Name] {
 		p, err := e.prepareReplica(ctx, c, pl, s, r, img)
 		if err != nil {
 			return err
 		}
 		rs = append(rs, p)
+		needStart = needStart || p.start
 	}
-	for _, dep := range deps {
-		d := s.DependsOn[dep]
-		de, ok := evs[dep]
-		if !ok {
-			continue
-		}
-		var ev *event
-		switch d.Condition {
-		case types.ServiceConditionHealthy:
-			ev = de.healthy
-		case types.ServiceConditionCompletedSuccessfully:
-			ev = de.completed
-		default:
-			ev = de.started
-		}
-		if err := ev.wait(ctx); err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("service %q not started: %w", s.Name, err)
+	if needStart {
+		for _, dep := range deps {
+			st, ok := states[dep]
+			if !ok {
+				continue
 			}
-			// The dependency's own error is reported once, by itself.
-			return fmt.Errorf("service %q not started: dependency %q did not reach %s: %w", s.Name, dep, d.Condition, errDependency)
+			cond := s.DependsOn[dep].Condition
+			if err := st.wait(ctx, cond); err != nil {
+				if errors.Is(err, errDependency) {
+					return fmt.Errorf("service %q not started: dependency %q did not start: %w", s.Name, dep, errDependency)
+				}
+				return fmt.Errorf("service %q not started: dependency %q did not reach %s: %w", s.Name, dep, cond, err)
+			}
 		}
 	}
 	for _, p := range rs {
@@ -214,20 +230,19 @@ func (e *Engine) runService(ctx context.Context, c *containerd.Client, pl *plan,
 			return err
 		}
 	}
-	own.started.fire(nil)
-	if need[types.ServiceConditionHealthy] {
+	own.checkHealthy = func() error {
 		hc := healthcheckOf(s)
 		if hc == nil {
-			return fmt.Errorf("service %q has no healthcheck, but a service waits for it to be healthy", s.Name)
+			return fmt.Errorf("service %q has no healthcheck", s.Name)
 		}
 		for i, r := range rs {
 			if err := e.waitHealthy(ctx, r.task, r.spec, hc); err != nil {
 				return fmt.Errorf("service %q replica %d is unhealthy: %w", s.Name, i+1, err)
 			}
 		}
-		own.healthy.fire(nil)
+		return nil
 	}
-	if need[types.ServiceConditionCompletedSuccessfully] {
+	own.checkCompleted = func() error {
 		for i, r := range rs {
 			select {
 			case st := <-r.exitC:
@@ -238,8 +253,9 @@ func (e *Engine) runService(ctx context.Context, c *containerd.Client, pl *plan,
 				return ctx.Err()
 			}
 		}
-		own.completed.fire(nil)
+		return nil
 	}
+	own.started.fire(nil)
 	return nil
 }
 
