@@ -26,8 +26,13 @@ func dnsCommands(a *app) []*cobra.Command {
 }
 
 // dnsConfig is the dns package's view of cilo's config.
+// CILO_DNS_UPSTREAMS, when set, reaches a daemon started on demand too.
 func dnsConfig(c sandbox.Config) dns.Config {
-	return dns.Config{StateDir: c.StateDir, RunDir: c.RunDir, Addr: c.DNSAddr, Suffix: c.DNSSuffix}
+	cfg := dns.Config{StateDir: c.StateDir, RunDir: c.RunDir, Addr: c.DNSAddr, Suffix: c.DNSSuffix}
+	if v := os.Getenv(dns.UpstreamsEnv); v != "" {
+		cfg.Upstreams = strings.Split(v, ",")
+	}
+	return cfg
 }
 
 func newDNSServeCmd(a *app) *cobra.Command {

@@ -109,6 +109,9 @@ func newWorld(t *testing.T, poolBits int) *world {
 		// The world's own DNS server, started on demand by create,
 		// on a loopback port of its own; cleanup stops it.
 		fmt.Sprintf("CILO_DNS_ADDR=127.0.0.1:%d", 20000+r%30000),
+		// Nothing is ever forwarded off the machine: the upstream is
+		// a loopback port where nothing listens.
+		"CILO_DNS_UPSTREAMS=127.0.0.1:9",
 		"CILO_CONFIG=/dev/null",
 	)
 	t.Cleanup(w.cleanup)
