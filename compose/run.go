@@ -289,19 +289,25 @@ type prepared struct {
 func (e *Engine) prepareReplica(ctx context.Context, c *containerd.Client, pl *plan, s types.ServiceConfig, r replica, img containerd.Image) (*prepared, error) {
 	hash := configHash(s, r, img)
 	rundir := e.runDir(pl.env.Project, pl.env.Name, r.id)
-	if err := os.MkdirAll(rundir, 0o755); err != nil {
-		return nil, fmt.Errorf("service %q: %w", s.Name, err)
-	}
 	// Rewritten in place: running containers bind-mount these inodes and
 	// see services added later.
-	for name, data := range map[string][]byte{
-		"hosts":       pl.hostsFile(r, e.opts.DNSSuffix),
-		"resolv.conf": pl.resolvConf(e.opts.DNSSuffix),
-		"hostname":    []byte(hostnameOf(s) + "\n"),
-	} {
-		if err := os.WriteFile(filepath.Join(rundir, name), data, 0o644); err != nil {
-			return nil, fmt.Errorf("service %q: write %s: %w", s.Name, name, err)
+	writeFiles := func() error {
+		if err := os.MkdirAll(rundir, 0o755); err != nil {
+			return fmt.Errorf("service %q: %w", s.Name, err)
 		}
+		for name, data := range map[string][]byte{
+			"hosts":       pl.hostsFile(r, e.opts.DNSSuffix),
+			"resolv.conf": pl.resolvConf(e.opts.DNSSuffix),
+			"hostname":    []byte(hostnameOf(s) + "\n"),
+		} {
+			if err := os.WriteFile(filepath.Join(rundir, name), data, 0o644); err != nil {
+				return fmt.Errorf("service %q: write %s: %w", s.Name, name, err)
+			}
+		}
+		return nil
+	}
+	if err := writeFiles(); err != nil {
+		return nil, err
 	}
 	ctr, err := c.LoadContainer(ctx, r.id)
 	switch {
@@ -310,7 +316,11 @@ func (e *Engine) prepareReplica(ctx context.Context, c *containerd.Client, pl *p
 		if lerr == nil && labels[labelHash] == hash && nsnet.NetnsExists(r.netns) {
 			return e.prepareTask(ctx, ctr, pl, s)
 		}
+		// Removing the old container removes its run files too.
 		if err := e.removeContainer(ctx, ctr); err != nil {
+			return nil, err
+		}
+		if err := writeFiles(); err != nil {
 			return nil, err
 		}
 	case !errdefs.IsNotFound(err):
