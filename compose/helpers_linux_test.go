@@ -282,10 +282,10 @@ func v6First(port int) func() (net.Conn, error) {
 	}
 }
 
-// eventually retries getIn for a few seconds: a started service may not
-// listen yet.
+// eventually retries getIn for a while: a started service may not listen
+// yet (generous, for loaded CI machines).
 func eventually(netns string, dial func() (net.Conn, error), path string) (string, error) {
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for {
 		body, err := getIn(netns, dial, path)
 		if err == nil || time.Now().After(deadline) {
