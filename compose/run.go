@@ -734,7 +734,11 @@ func stopTask(ctx context.Context, ctr containerd.Container, labels map[string]s
 			if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
 				return fmt.Errorf("kill %s: %w", ctr.ID(), err)
 			}
-			<-exitC
+			select {
+			case <-exitC:
+			case <-time.After(10 * time.Second):
+				return fmt.Errorf("stop %s: still running 10 s after SIGKILL", ctr.ID())
+			}
 		}
 	}
 	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
