@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/console"
@@ -296,12 +298,31 @@ func (e *Engine) Exec(ctx context.Context, env *state.Env, o ExecOptions) (int, 
 	if err := proc.Start(ctx); err != nil {
 		return 0, fmt.Errorf("start exec in %s: %w", ctr.ID(), err)
 	}
+	done := make(chan struct{})
 	if con != nil {
-		if size, err := con.Size(); err == nil {
-			proc.Resize(ctx, uint32(size.Width), uint32(size.Height))
+		// Follow the terminal's size, now and on every SIGWINCH.
+		resize := func() {
+			if size, err := con.Size(); err == nil {
+				proc.Resize(ctx, uint32(size.Width), uint32(size.Height))
+			}
 		}
+		resize()
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		go func() {
+			for {
+				select {
+				case <-winch:
+					resize()
+				case <-done:
+					return
+				}
+			}
+		}()
 	}
 	st := <-exitC
+	close(done)
 	// Delete waits for the output to be copied.
 	proc.Delete(context.WithoutCancel(ctx))
 	code, _, err := st.Result()
