@@ -293,9 +293,11 @@ func (e *Engine) Exec(ctx context.Context, env *state.Env, o ExecOptions) (int, 
 	}
 	exitC, err := proc.Wait(ctx)
 	if err != nil {
+		proc.Delete(context.WithoutCancel(ctx))
 		return 0, fmt.Errorf("wait for exec in %s: %w", ctr.ID(), err)
 	}
 	if err := proc.Start(ctx); err != nil {
+		proc.Delete(context.WithoutCancel(ctx))
 		return 0, fmt.Errorf("start exec in %s: %w", ctr.ID(), err)
 	}
 	done := make(chan struct{})
