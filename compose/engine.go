@@ -31,6 +31,11 @@ type Options struct {
 	DNSSuffix string       // <service>.<env>.<suffix> names in /etc/hosts
 	Logf      func(string, ...any)
 	Progress  io.Writer // image pull and build progress; nil discards it
+
+	// LogBinary logs services with a terminal (tty: true); it must run
+	// [RunLogger] when called as `<LogBinary> compose-log-to <file>`.
+	// Empty: this process's own executable.
+	LogBinary string
 }
 
 // Engine runs compose services of envs. It implements sandbox.Services.

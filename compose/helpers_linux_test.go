@@ -31,6 +31,15 @@ const testImage = "cilo-test/testsvc:latest"
 var testArchive string
 
 func TestMain(m *testing.M) {
+	// The test binary is the logging binary of tty services (LogBinary
+	// defaults to this executable), as cilo-compose is in production.
+	if len(os.Args) == 3 && os.Args[1] == LoggerCommand {
+		if err := RunLogger(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	code := func() int {
 		if os.Geteuid() == 0 {
 			dir, err := os.MkdirTemp("", "cilo-compose-test-")

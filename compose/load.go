@@ -31,6 +31,9 @@ var supportedService = map[string]bool{
 	"profiles": true, "pull_policy": true, "read_only": true, "restart": true, "scale": true,
 	"stop_grace_period": true, "stop_signal": true, "tmpfs": true, "user": true,
 	"volumes": true, "working_dir": true, "mem_limit": true, "cpus": true, "pids_limit": true,
+	// A terminal keeps shells alive; stdin is never attached (as in
+	// `docker compose up -d`), so stdin_open changes nothing.
+	"tty": true, "stdin_open": true,
 }
 
 // supportedDeploy are the deploy keys cilo carries out.

@@ -384,3 +384,56 @@ func TestBuildThroughBuildkit(t *testing.T) {
 		}
 	}
 }
+
+// TestTTYService: tty: true gives the service a terminal (a shell with no
+// input stays up, as in docker compose) and its output still reaches the
+// log, through the logging binary.
+func TestTTYService(t *testing.T) {
+	h := newHarness(t)
+	env := h.newEnv(0, "tty", map[string]string{"compose.yaml": `
+services:
+  shell:
+    image: cilo-test/testsvc
+    entrypoint: ["/bin/sh"]
+    tty: true
+    stdin_open: true
+    stop_grace_period: 1s  # sh as pid 1 ignores SIGTERM
+  probe:
+    image: cilo-test/testsvc
+    entrypoint: ["/bin/sh", "-c", "test -t 1 && echo has-a-tty; exec /testsvc sleep"]
+    tty: true
+`})
+	if _, err := h.engine.Up(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(h.logs.String(), "tty") {
+		t.Errorf("tty warned about: %s", h.logs)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(h.engine.logPath("app", "tty", "probe"))
+		if strings.Contains(string(b), "has-a-tty") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("probe log = %q, want has-a-tty", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	ps, err := h.engine.Ps(context.Background(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range ps {
+		if c.Status != "running" {
+			t.Errorf("%s is %s, want running", c.Service, c.Status)
+		}
+	}
+	if err := h.engine.Down(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	if left := h.leftovers(env); len(left) != 0 {
+		t.Fatalf("left: %v", left)
+	}
+}

@@ -369,7 +369,11 @@ func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, pl *
 		return nil, fmt.Errorf("service %q: read spec of %s: %w", s.Name, ctr.ID(), err)
 	}
 	logPath := e.logPath(pl.env.Project, pl.env.Name, s.Name)
-	p := &prepared{ctr: ctr, spec: spec, logURI: &url.URL{Scheme: "file", Path: logPath}}
+	creator, logURI, err := e.logIO(s, logPath)
+	if err != nil {
+		return nil, err
+	}
+	p := &prepared{ctr: ctr, spec: spec, logURI: logURI}
 	task, err := ctr.Task(ctx, nil)
 	if err == nil {
 		st, serr := task.Status(ctx)
@@ -398,7 +402,7 @@ func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, pl *
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, fmt.Errorf("service %q: create log dir: %w", s.Name, err)
 	}
-	task, err = ctr.NewTask(ctx, cio.LogURI(p.logURI))
+	task, err = ctr.NewTask(ctx, creator)
 	if errdefs.IsAlreadyExists(err) {
 		// The restart monitor was quicker.
 		task, err = ctr.Task(ctx, nil)
@@ -413,6 +417,29 @@ func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, pl *
 	st, err := task.Status(ctx)
 	p.start = err != nil || st.Status != containerd.Running
 	return p, nil
+}
+
+// logIO is where a task's output goes: the shim appends it to the log file
+// itself, or, for a terminal, hands it to the logging binary.
+func (e *Engine) logIO(s types.ServiceConfig, logPath string) (cio.Creator, *url.URL, error) {
+	if !s.Tty {
+		u := &url.URL{Scheme: "file", Path: logPath}
+		return cio.LogURI(u), u, nil
+	}
+	bin := e.opts.LogBinary
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, nil, fmt.Errorf("service %q: find the logging binary for its terminal: %w", s.Name, err)
+		}
+		bin = exe
+	}
+	args := map[string]string{LoggerCommand: logPath}
+	u, err := cio.LogURIGenerator("binary", bin, args)
+	if err != nil {
+		return nil, nil, fmt.Errorf("service %q: %w", s.Name, err)
+	}
+	return cio.TerminalBinaryIO(bin, args), u, nil
 }
 
 // startPrepared starts a prepared task and hands the container to
@@ -547,6 +574,9 @@ func (e *Engine) specOpts(ctx context.Context, c *containerd.Client, pl *plan, s
 	}
 	if s.WorkingDir != "" {
 		opts = append(opts, oci.WithProcessCwd(s.WorkingDir))
+	}
+	if s.Tty {
+		opts = append(opts, oci.WithTTY)
 	}
 	if s.User != "" {
 		opts = append(opts, oci.WithUser(s.User))

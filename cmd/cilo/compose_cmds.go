@@ -33,7 +33,20 @@ func (a *app) composeEngine() *compose.Engine {
 
 // composeCommands are the compose area's commands.
 func composeCommands(a *app) []*cobra.Command {
-	return []*cobra.Command{logsCmd(a), execCmd(a), psCmd(a), imageCmd(a)}
+	return []*cobra.Command{logsCmd(a), execCmd(a), psCmd(a), imageCmd(a), composeLogCmd()}
+}
+
+// composeLogCmd is the logging binary containerd runs for services with a
+// terminal (see compose.LoggerCommand); users never call it.
+func composeLogCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    compose.LoggerCommand + " <file>",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return compose.RunLogger(args[0])
+		},
+	}
 }
 
 func logsCmd(a *app) *cobra.Command {
