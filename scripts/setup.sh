@@ -12,7 +12,8 @@ fi
 # command:package pairs; only what is missing is installed.
 need="ip:iproute2 nft:nftables git:git containerd:containerd runc:runc
 mkfs.xfs:xfsprogs busybox:busybox-static dnsmasq:dnsmasq-base dnsperf:dnsperf
-getent:libc-bin useradd:passwd filefrag:e2fsprogs losetup:mount"
+getent:libc-bin useradd:passwd filefrag:e2fsprogs losetup:mount curl:curl
+unshare:util-linux patch:patch"
 missing=""
 for pair in $need; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
