@@ -32,7 +32,8 @@ test: setup build
 unit:
 	$(GO) test -count=1 -short $(PKGS)
 
-bench: setup build
+bench: build
+	./scripts/setup.sh --bench
 	$(GO) run ./test/bench -cilo $(BIN)
 
 demo: setup build

@@ -1,7 +1,7 @@
 #!/bin/sh
 # setup.sh: install what cilo, its tests and its benchmarks need on a fresh
 # Debian machine, and start containerd. Safe to run again; run as root.
-# Used by `make test`, `make demo`, `make bench` and CI.
+# Used by `make test`, `make demo`, `make bench` (with --bench) and CI.
 set -eu
 
 if [ "$(id -u)" != 0 ]; then
@@ -14,6 +14,10 @@ need="ip:iproute2 nft:nftables git:git containerd:containerd runc:runc
 mkfs.xfs:xfsprogs busybox:busybox-static dnsmasq:dnsmasq-base dnsperf:dnsperf
 getent:libc-bin useradd:passwd filefrag:e2fsprogs losetup:mount curl:curl
 unshare:util-linux patch:patch"
+# --bench adds the anchors make bench compares cilo with.
+if [ "${1:-}" = --bench ]; then
+	need="$need podman:podman podman-compose:podman-compose"
+fi
 missing=""
 for pair in $need; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
