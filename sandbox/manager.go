@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -300,6 +301,9 @@ func (m *Manager) Up(ctx context.Context, p *Project, name string) (*state.Env, 
 	if err != nil {
 		return nil, err
 	}
+	if env, err = m.useComposeFiles(ctx, env, p.Config.ComposeFiles); err != nil {
+		return nil, err
+	}
 	if m.svc == nil {
 		return env, nil
 	}
@@ -308,6 +312,25 @@ func (m *Manager) Up(ctx context.Context, p *Project, name string) (*state.Env, 
 		return nil, fmt.Errorf("start services of env %q: %w", name, err)
 	}
 	return m.setServices(ctx, env, services, state.StatusRunning)
+}
+
+// useComposeFiles records the compose files named for this call (-f, or
+// .cilo/config.yml) on the env, so later calls keep using them.
+func (m *Manager) useComposeFiles(ctx context.Context, env *state.Env, files []string) (*state.Env, error) {
+	if len(files) == 0 || slices.Equal(files, env.ComposeFiles) {
+		return env, nil
+	}
+	var out *state.Env
+	err := m.store.Update(ctx, func(st *state.State) error {
+		e, ok := st.Envs[env.Key()]
+		if !ok {
+			return fmt.Errorf("env %q of project %s: %w", env.Name, env.Project, ErrNotFound)
+		}
+		e.ComposeFiles = files
+		out = e
+		return nil
+	})
+	return out, err
 }
 
 // ready returns the env with its network and workspace in place, creating

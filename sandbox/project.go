@@ -68,11 +68,31 @@ func FindProject(dir string) (*Project, error) {
 		return nil, err
 	}
 	for _, f := range append(append([]string{}, p.Config.ComposeFiles...), p.Config.EnvFiles...) {
-		if filepath.IsAbs(f) || strings.HasPrefix(filepath.Clean(f), "..") {
-			return nil, fmt.Errorf("%s: %q must be a path inside the project", cfgPath, f)
+		if err := checkProjectPath(f); err != nil {
+			return nil, fmt.Errorf("%s: %w", cfgPath, err)
 		}
 	}
 	return p, nil
+}
+
+// SetComposeFiles replaces the compose files of this call (cilo up -f).
+func (p *Project) SetComposeFiles(files []string) error {
+	for _, f := range files {
+		if err := checkProjectPath(f); err != nil {
+			return fmt.Errorf("compose file: %w", err)
+		}
+	}
+	p.Config.ComposeFiles = files
+	return nil
+}
+
+// checkProjectPath refuses paths that leave the project: the env's copy
+// of the project is all an env may read.
+func checkProjectPath(f string) error {
+	if f == "" || filepath.IsAbs(f) || f == ".." || strings.HasPrefix(filepath.Clean(f), "../") {
+		return fmt.Errorf("%q must be a path inside the project", f)
+	}
+	return nil
 }
 
 // Branch is the current git branch of the project, read from .git without

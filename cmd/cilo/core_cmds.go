@@ -26,6 +26,7 @@ func coreCommands(a *app) []*cobra.Command {
 func newRunCmd(a *app) *cobra.Command {
 	var envFlag string
 	var rm bool
+	var cf composeFlags
 	cmd := &cobra.Command{
 		Use:   "run <command> <env> [args...] | run -e <env> [--rm] -- <command> [args...]",
 		Short: "Run a command inside an env, creating and starting the env if needed",
@@ -42,6 +43,9 @@ The command's exit status is cilo's exit status.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, p, err := a.managerAndProject(cmd)
 			if err != nil {
+				return err
+			}
+			if err := cf.apply(p); err != nil {
 				return err
 			}
 			var name string
@@ -81,7 +85,32 @@ The command's exit status is cilo's exit status.`,
 	cmd.Flags().SetInterspersed(false)
 	cmd.Flags().StringVarP(&envFlag, "env", "e", "", "env to run in")
 	cmd.Flags().BoolVar(&rm, "rm", false, "destroy the env when the command exits (for CI jobs)")
+	cf.register(cmd)
 	return cmd
+}
+
+// composeFlags are docker compose's -f and --profile, for up and run.
+type composeFlags struct {
+	files, profiles []string
+}
+
+func (c *composeFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringArrayVarP(&c.files, "file", "f", nil, "compose file, relative to the project (repeatable; default: .cilo/config.yml compose_files, else compose.yaml and the like)")
+	cmd.Flags().StringArrayVar(&c.profiles, "profile", nil, "compose profile to enable (repeatable; COMPOSE_PROFILES works too)")
+}
+
+// apply hands the flags on: files become the project's compose files,
+// profiles the COMPOSE_PROFILES the compose engine reads.
+func (c *composeFlags) apply(p *sandbox.Project) error {
+	if len(c.files) > 0 {
+		if err := p.SetComposeFiles(c.files); err != nil {
+			return usageError{err}
+		}
+	}
+	if len(c.profiles) > 0 {
+		os.Setenv("COMPOSE_PROFILES", strings.Join(c.profiles, ","))
+	}
+	return nil
 }
 
 func newCreateCmd(a *app) *cobra.Command {
@@ -108,7 +137,8 @@ func newCreateCmd(a *app) *cobra.Command {
 }
 
 func newUpCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	var cf composeFlags
+	cmd := &cobra.Command{
 		Use:   "up <env>",
 		Short: "Start an env and its compose services, creating it if needed",
 		Args:  cobra.ExactArgs(1),
@@ -120,6 +150,9 @@ func newUpCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := cf.apply(p); err != nil {
+				return err
+			}
 			env, err := m.Up(cmd.Context(), p, args[0])
 			if err != nil {
 				return err
@@ -128,6 +161,8 @@ func newUpCmd(a *app) *cobra.Command {
 			return nil
 		},
 	}
+	cf.register(cmd)
+	return cmd
 }
 
 func newDownCmd(a *app) *cobra.Command {

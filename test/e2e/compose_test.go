@@ -152,7 +152,18 @@ func TestComposeThroughCLI(t *testing.T) {
 			t.Fatalf("container still running after down: %v", c)
 		}
 	}
-	w.mustCilo("destroy", "--force", "one", "two")
+	// -f picks other files for one env; paths outside the project are refused.
+	must(t, os.WriteFile(filepath.Join(w.project, "alt.yaml"), []byte("services:\n  solo:\n    image: cilo-e2e/testsvc:latest\n    command: [\"sleep\"]\n"), 0o644))
+	if _, err := w.cilo(context.Background(), "", "up", "-f", "../outside.yaml", "alt"); exitCode(err) != 2 {
+		t.Fatalf("up -f ../outside.yaml: exit %d, want 2", exitCode(err))
+	}
+	w.mustCilo("up", "-f", "alt.yaml", "alt")
+	var alt []map[string]any
+	must(t, json.Unmarshal([]byte(w.mustCilo("ps", "--json", "alt")), &alt))
+	if len(alt) != 1 || alt[0]["service"] != "solo" {
+		t.Fatalf("cilo up -f alt.yaml: containers %v, want only solo", alt)
+	}
+	w.mustCilo("destroy", "--force", "one", "two", "alt")
 	ns := ""
 	for _, kv := range w.env {
 		if v, ok := strings.CutPrefix(kv, "CILO_CONTAINERD_NAMESPACE="); ok {
