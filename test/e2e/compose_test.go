@@ -20,7 +20,7 @@ import (
 // image loaded through `cilo image load` (so through cilo-compose).
 func composeWorld(t *testing.T) *world {
 	t.Helper()
-	w := newWorld(t, 23)
+	w := newWorld(t, 22)
 	if out, err := exec.Command("ctr", "version").CombinedOutput(); err != nil {
 		t.Fatalf("containerd is not running (%v: %s): run scripts/ensure-containerd.sh as root", err, out)
 	}
