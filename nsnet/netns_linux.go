@@ -22,8 +22,8 @@ func NetnsPath(name string) string { return filepath.Join(NetnsDir, name) }
 // CreateNetns makes a new network namespace and pins it at NetnsPath(name).
 // It fails if the name is taken.
 func CreateNetns(name string) error {
-	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", NetnsDir, err)
+	if err := sharedNetnsDir(); err != nil {
+		return err
 	}
 	path := NetnsPath(name)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
@@ -52,6 +52,33 @@ func CreateNetns(name string) error {
 	if err := <-errc; err != nil {
 		os.Remove(path)
 		return fmt.Errorf("create netns %s: %w", name, err)
+	}
+	return nil
+}
+
+// sharedNetnsDir makes /run/netns a shared mount of itself, exactly as
+// iproute2 does before its first `ip netns add`. Were cilo to pin
+// namespaces on the plain directory, a later `ip netns` would bind the
+// directory over itself, hiding cilo's pins underneath where they can no
+// longer be unmounted or removed; and namespaces pinned here propagate into
+// the mount namespaces of processes run in envs.
+func sharedNetnsDir() error {
+	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", NetnsDir, err)
+	}
+	err := unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("make %s a shared mount: %w", NetnsDir, err)
+	}
+	// Not a mount point yet: bind it over itself, then share it.
+	if err := unix.Mount(NetnsDir, NetnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s over itself: %w", NetnsDir, err)
+	}
+	if err := unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", NetnsDir, err)
 	}
 	return nil
 }

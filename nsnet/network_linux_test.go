@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -246,5 +247,29 @@ func TestSameEnvNamespacesTalk(t *testing.T) {
 	}
 	if got, err := dialFrom("", addr.String()+":5432"); err != nil || got != "db" {
 		t.Fatalf("host to the service: %q, %v", got, err)
+	}
+}
+
+// TestNetnsAlongsideIproute2: namespaces pinned by cilo and by `ip netns`
+// share /run/netns; each side can remove its own afterwards.
+func TestNetnsAlongsideIproute2(t *testing.T) {
+	n := testNetwork(t)
+	ours, theirs := n.prefix+"-ours", n.prefix+"-iproute2"
+	if err := CreateNetns(ours); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { DeleteNetns(ours) })
+	if out, err := exec.Command("ip", "netns", "add", theirs).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", theirs).Run() })
+	if out, err := exec.Command("ip", "netns", "exec", ours, "true").CombinedOutput(); err != nil {
+		t.Fatalf("ip netns exec in cilo's namespace: %v: %s", err, out)
+	}
+	if err := DeleteNetns(ours); err != nil {
+		t.Fatalf("delete after ip netns ran: %v", err)
+	}
+	if _, err := os.Stat(NetnsPath(ours)); err == nil {
+		t.Fatal("namespace file survived delete")
 	}
 }
