@@ -70,16 +70,7 @@ The command's exit status is cilo's exit status.`,
 			if err := sandbox.ValidateEnvName(name); err != nil {
 				return usageError{err}
 			}
-			cred, err := sandbox.SudoCredential(os.Getenv)
-			if err != nil {
-				return err
-			}
-			wd, _ := os.Getwd()
-			code, err := m.Run(cmd.Context(), p, name, sandbox.RunRequest{
-				Argv: argv, Dir: wd, Env: os.Environ(), User: cred, Rm: rm,
-				Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
-			})
-			return a.commandResult(code, err)
+			return a.runInEnv(cmd, m, p, name, argv, rm)
 		},
 	}
 	cmd.Flags().SetInterspersed(false)
@@ -119,10 +110,7 @@ func newCreateCmd(a *app) *cobra.Command {
 		Short: "Create an env: its address, network namespace and workspace",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := sandbox.ValidateEnvName(args[0]); err != nil {
-				return usageError{err}
-			}
-			m, p, err := a.managerAndProject(cmd)
+			m, p, err := a.managerForEnv(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -143,10 +131,7 @@ func newUpCmd(a *app) *cobra.Command {
 		Short: "Start an env and its compose services, creating it if needed",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := sandbox.ValidateEnvName(args[0]); err != nil {
-				return usageError{err}
-			}
-			m, p, err := a.managerAndProject(cmd)
+			m, p, err := a.managerForEnv(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -416,10 +401,7 @@ func newShellCmd(a *app) *cobra.Command {
 		Short: "Open an interactive shell inside an env ($SHELL, else /bin/sh)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := sandbox.ValidateEnvName(args[0]); err != nil {
-				return usageError{err}
-			}
-			m, p, err := a.managerAndProject(cmd)
+			m, p, err := a.managerForEnv(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -427,18 +409,24 @@ func newShellCmd(a *app) *cobra.Command {
 			if shell == "" {
 				shell = "/bin/sh"
 			}
-			cred, err := sandbox.SudoCredential(os.Getenv)
-			if err != nil {
-				return err
-			}
-			wd, _ := os.Getwd()
-			code, err := m.Run(cmd.Context(), p, args[0], sandbox.RunRequest{
-				Argv: []string{shell}, Dir: wd, Env: os.Environ(), User: cred,
-				Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
-			})
-			return a.commandResult(code, err)
+			return a.runInEnv(cmd, m, p, args[0], []string{shell}, false)
 		},
 	}
+}
+
+// runInEnv runs argv in env name with the caller's terminal, environment
+// and working directory, as the sudo caller when there is one.
+func (a *app) runInEnv(cmd *cobra.Command, m *sandbox.Manager, p *sandbox.Project, name string, argv []string, rm bool) error {
+	cred, err := sandbox.SudoCredential(os.Getenv)
+	if err != nil {
+		return err
+	}
+	wd, _ := os.Getwd()
+	code, err := m.Run(cmd.Context(), p, name, sandbox.RunRequest{
+		Argv: argv, Dir: wd, Env: os.Environ(), User: cred, Rm: rm,
+		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+	})
+	return a.commandResult(code, err)
 }
 
 func newDoctorCmd(a *app) *cobra.Command {

@@ -42,6 +42,15 @@ type dnsBackend struct {
 
 func (d dnsBackend) ResolvConf(env *state.Env) []byte { return dns.ResolvConf(env, d.suffix) }
 
+// managerForEnv is managerAndProject for a command about env name, which
+// must be valid before anything is looked up.
+func (a *app) managerForEnv(cmd *cobra.Command, name string) (*sandbox.Manager, *sandbox.Project, error) {
+	if err := sandbox.ValidateEnvName(name); err != nil {
+		return nil, nil, usageError{err}
+	}
+	return a.managerAndProject(cmd)
+}
+
 func (a *app) managerAndProject(cmd *cobra.Command) (*sandbox.Manager, *sandbox.Project, error) {
 	m, err := a.manager()
 	if err != nil {

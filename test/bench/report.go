@@ -32,7 +32,7 @@ func writeDoc(path string, groups []Group) error {
 	fmt.Fprintf(&b, "Reproduce everything: `sudo make bench`; one group: the command under its heading.\n")
 	for _, g := range groups {
 		fmt.Fprintf(&b, "\n## %s\n\n", g.Name)
-		fmt.Fprintf(&b, "Reproduce: `%s` (took %s)\n\n", g.Command, g.took.Round(time.Second))
+		fmt.Fprintf(&b, "Reproduce: `make build && %s` (took %s)\n\n", g.Command, g.took.Round(time.Second))
 		fmt.Fprintf(&b, "| metric | cilo | anchor | anchor value | ratio | goal | met |\n|---|---|---|---|---|---|---|\n")
 		for _, r := range g.rows {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Metric,
