@@ -56,13 +56,9 @@ func logsCmd(a *app) *cobra.Command {
 		Short: "Print the logs of an env's compose services",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager()
+			env, err := a.envFromArg(cmd, args[0])
 			if err != nil {
 				return err
-			}
-			env, err := m.Env(cmd.Context(), ".", args[0])
-			if err != nil {
-				return a.envErr(err)
 			}
 			if len(args) == 2 {
 				o.Service = args[1]
@@ -85,13 +81,9 @@ func execCmd(a *app) *cobra.Command {
 		Short: "Run a command in a running compose service of an env (a shell by default)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager()
+			env, err := a.envFromArg(cmd, args[0])
 			if err != nil {
 				return err
-			}
-			env, err := m.Env(cmd.Context(), ".", args[0])
-			if err != nil {
-				return a.envErr(err)
 			}
 			e := a.composeEngine()
 			defer e.Close()
@@ -115,13 +107,9 @@ func psCmd(a *app) *cobra.Command {
 		Short: "List the compose containers of an env",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager()
+			env, err := a.envFromArg(cmd, args[0])
 			if err != nil {
 				return err
-			}
-			env, err := m.Env(cmd.Context(), ".", args[0])
-			if err != nil {
-				return a.envErr(err)
 			}
 			e := a.composeEngine()
 			defer e.Close()

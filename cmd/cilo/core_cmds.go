@@ -304,13 +304,9 @@ func newStatusCmd(a *app) *cobra.Command {
 		Short: "Show an env: address, names, workspace mode, services",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager()
+			env, err := a.envFromArg(cmd, args[0])
 			if err != nil {
 				return err
-			}
-			env, err := m.Env(cmd.Context(), ".", args[0])
-			if err != nil {
-				return a.envErr(err)
 			}
 			v := envViews([]*state.Env{env}, a.cfg.DNSSuffix)[0]
 			if asJSON {
@@ -381,13 +377,9 @@ func newPathCmd(a *app) *cobra.Command {
 		Short: "Print an env's workspace directory",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager()
+			env, err := a.envFromArg(cmd, args[0])
 			if err != nil {
 				return err
-			}
-			env, err := m.Env(cmd.Context(), ".", args[0])
-			if err != nil {
-				return a.envErr(err)
 			}
 			fmt.Fprintln(a.stdout, env.Workspace)
 			return nil

@@ -42,6 +42,19 @@ type dnsBackend struct {
 
 func (d dnsBackend) ResolvConf(env *state.Env) []byte { return dns.ResolvConf(env, d.suffix) }
 
+// envFromArg resolves an existing env named on the command line.
+func (a *app) envFromArg(cmd *cobra.Command, arg string) (*state.Env, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, err
+	}
+	env, err := m.Env(cmd.Context(), ".", arg)
+	if err != nil {
+		return nil, a.envErr(err)
+	}
+	return env, nil
+}
+
 // managerForEnv is managerAndProject for a command about env name, which
 // must be valid before anything is looked up.
 func (a *app) managerForEnv(cmd *cobra.Command, name string) (*sandbox.Manager, *sandbox.Project, error) {
