@@ -9,7 +9,7 @@ BIN_COMPOSE := bin/cilo-compose
 PKGS    := ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit bench demo lint fuzz setup clean
+.PHONY: all build test bench demo lint fuzz setup clean
 
 all: build
 
@@ -27,10 +27,6 @@ test: setup build
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags cilo_compose ./cmd/cilo
 	$(GO) test -count=1 -timeout 25m $(PKGS)
-
-# unit runs only what needs no root and no daemon.
-unit:
-	$(GO) test -count=1 -short $(PKGS)
 
 bench: build
 	./scripts/setup.sh --bench
