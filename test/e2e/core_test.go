@@ -392,3 +392,20 @@ func TestCompletionAndHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestRunPassesTerminal: under a pseudo-terminal (script(1)), the command
+// in the env sees the terminal on stdin and stdout, as an interactive shell
+// needs.
+func TestRunPassesTerminal(t *testing.T) {
+	w := newWorld(t, 24)
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Fatalf("script(1) from bsdutils is needed: %v", err)
+	}
+	inner := ciloBin + " run -e term -- sh -c 'test -t 0 && test -t 1 && echo tty-ok'"
+	cmd := exec.Command("script", "-qec", inner, "/dev/null")
+	cmd.Dir, cmd.Env = w.project, w.env
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "tty-ok") {
+		t.Fatalf("under a terminal: %v\n%s", err, out)
+	}
+}
