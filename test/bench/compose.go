@@ -24,25 +24,19 @@ func composeGroup() Group {
 const composeServices = "kv migrate api web"
 
 func runCompose(ctx context.Context, env *Env) ([]Row, error) {
-	root, err := os.MkdirTemp("", "cilo-bench-compose-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(root)
 	repo, err := os.Getwd()
 	if err != nil {
 		return nil, err
 	}
-	project := filepath.Join(repo, "examples", "counter")
-	ciloEnv := append(os.Environ(),
-		"CILO_STATE_DIR="+filepath.Join(root, "state"), "CILO_RUN_DIR="+filepath.Join(root, "run"),
-		"CILO_POOL=10.233.248.0/22", "CILO_PREFIX=cbn", "CILO_CONTAINERD_NAMESPACE=cilo-bench",
-		"CILO_DNS_ADDR=127.0.0.1:15354")
-	cilo := func(args ...string) *exec.Cmd {
-		cmd := exec.CommandContext(ctx, env.Cilo, args...)
-		cmd.Dir, cmd.Env = project, ciloEnv
-		return cmd
+	w, err := newBenchWorld(env, "cbn", "10.233.248.0/22")
+	if err != nil {
+		return nil, err
 	}
+	defer w.close()
+	root, project := w.root, filepath.Join(repo, "examples", "counter")
+	w.project = project
+	w.vars = append(w.vars, "CILO_CONTAINERD_NAMESPACE=cilo-bench")
+	cilo := func(args ...string) *exec.Cmd { return w.command(ctx, args...) }
 	run := func(cmd *exec.Cmd) (time.Duration, error) {
 		start := time.Now()
 		if b, err := cmd.CombinedOutput(); err != nil {
@@ -78,11 +72,6 @@ func runCompose(ctx context.Context, env *Env) ([]Row, error) {
 		if _, err := run(cilo("create", name)); err != nil {
 			return nil, err
 		}
-		defer func() {
-			cmd := exec.Command(env.Cilo, "destroy", "--force", name)
-			cmd.Dir, cmd.Env = project, ciloEnv
-			cmd.Run()
-		}()
 		d, err := run(cilo("up", name))
 		if err != nil {
 			return nil, err

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cilo-dev/cilo/nsnet"
@@ -51,27 +53,40 @@ func newBenchWorld(env *Env, prefix, pool string) (*benchWorld, error) {
 	if out, err := git.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("git init: %v: %s", err, out)
 	}
+	dnsPort, err := freeUDPPort()
+	if err != nil {
+		return nil, err
+	}
 	w.vars = append(os.Environ(),
 		"CILO_STATE_DIR="+filepath.Join(root, "state"),
 		"CILO_RUN_DIR="+filepath.Join(root, "run"),
 		"CILO_PREFIX="+prefix,
 		"CILO_POOL="+pool,
-		"CILO_DNS_ADDR=127.0.0.1:1",
+		// The world's own DNS server on a loopback port of its own,
+		// forwarding nowhere; close stops it.
+		fmt.Sprintf("CILO_DNS_ADDR=127.0.0.1:%d", dnsPort),
+		"CILO_DNS_UPSTREAMS=127.0.0.1:9",
 		"CILO_CONFIG=/dev/null",
 	)
 	return w, nil
 }
 
-func (w *benchWorld) cilo(ctx context.Context, args ...string) error {
+// command is cilo with the world's config, run in its project.
+func (w *benchWorld) command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, w.env.Cilo, args...)
 	cmd.Dir, cmd.Env = w.project, w.vars
-	if out, err := cmd.CombinedOutput(); err != nil {
+	return cmd
+}
+
+func (w *benchWorld) cilo(ctx context.Context, args ...string) error {
+	if out, err := w.command(ctx, args...).CombinedOutput(); err != nil {
 		return fmt.Errorf("cilo %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	return nil
 }
 
-// close destroys every env and the host pieces of the world's prefix.
+// close destroys every env, the host pieces of the world's prefix and its
+// DNS server.
 func (w *benchWorld) close() {
 	ctx := context.Background()
 	if err := w.cilo(ctx, "destroy", "--all", "--force"); err != nil {
@@ -80,7 +95,22 @@ func (w *benchWorld) close() {
 	if n, err := nsnet.New(w.prefix, w.pool); err == nil {
 		n.TeardownHost(ctx)
 	}
+	if b, err := os.ReadFile(filepath.Join(w.root, "run", "dns.pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+	}
 	os.RemoveAll(w.root)
+}
+
+// freeUDPPort asks the kernel for a loopback port nobody uses now.
+func freeUDPPort() (int, error) {
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port, nil
 }
 
 func runCore(ctx context.Context, env *Env) ([]Row, error) {
