@@ -156,13 +156,9 @@ func newDownCmd(a *app) *cobra.Command {
 		Short: "Stop what runs in an env (services and processes), keeping its workspace",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager()
+			m, project, name, err := a.envNameArg(args[0])
 			if err != nil {
 				return err
-			}
-			project, name, err := m.ParseEnvArg(".", args[0])
-			if err != nil {
-				return usageError{err}
 			}
 			if _, err := m.Down(cmd.Context(), project, name); err != nil {
 				return err

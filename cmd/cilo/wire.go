@@ -42,6 +42,20 @@ type dnsBackend struct {
 
 func (d dnsBackend) ResolvConf(env *state.Env) []byte { return dns.ResolvConf(env, d.suffix) }
 
+// envNameArg splits an env named on the command line ("env" in the current
+// project, or "project/env") without requiring that it exists.
+func (a *app) envNameArg(arg string) (*sandbox.Manager, string, string, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, "", "", err
+	}
+	project, name, err := m.ParseEnvArg(".", arg)
+	if err != nil {
+		return nil, "", "", usageError{err}
+	}
+	return m, project, name, nil
+}
+
 // envFromArg resolves an existing env named on the command line.
 func (a *app) envFromArg(cmd *cobra.Command, arg string) (*state.Env, error) {
 	m, err := a.manager()

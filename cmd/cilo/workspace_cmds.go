@@ -21,13 +21,9 @@ func newDiffCmd(a *app) *cobra.Command {
 			if patch && asJSON {
 				return usageError{fmt.Errorf("--patch and --json exclude each other")}
 			}
-			m, err := a.manager()
+			m, project, name, err := a.envNameArg(args[0])
 			if err != nil {
 				return err
-			}
-			project, name, err := m.ParseEnvArg(".", args[0])
-			if err != nil {
-				return usageError{err}
 			}
 			if patch {
 				return m.Patch(cmd.Context(), project, name, a.stdout)
@@ -63,13 +59,9 @@ cilo/<env>. The source's working tree, index and current branch are not touched:
 merge or check out the branch yourself.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager()
+			m, project, name, err := a.envNameArg(args[0])
 			if err != nil {
 				return err
-			}
-			project, name, err := m.ParseEnvArg(".", args[0])
-			if err != nil {
-				return usageError{err}
 			}
 			branch, err := m.Merge(cmd.Context(), project, name)
 			if err != nil {
