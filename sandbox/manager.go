@@ -394,6 +394,11 @@ func (m *Manager) restore(ctx context.Context, env *state.Env) error {
 }
 
 func (m *Manager) setServices(ctx context.Context, env *state.Env, services []state.Service, status state.Status) (*state.Env, error) {
+	if env.Status == status && slices.EqualFunc(env.Services, services, sameService) {
+		// The common `cilo run` of an env that is up: nothing to
+		// record, so no lock and no fsync on the way to the command.
+		return env, m.writeRunFiles(env)
+	}
 	var out *state.Env
 	err := m.store.Update(ctx, func(st *state.State) error {
 		e, ok := st.Envs[env.Key()]
@@ -410,6 +415,11 @@ func (m *Manager) setServices(ctx context.Context, env *state.Env, services []st
 		return nil, err
 	}
 	return out, m.writeRunFiles(out)
+}
+
+func sameService(a, b state.Service) bool {
+	return a.Name == b.Name && a.Ingress == b.Ingress &&
+		slices.Equal(a.Addrs, b.Addrs) && slices.Equal(a.Hostnames, b.Hostnames) && slices.Equal(a.Ports, b.Ports)
 }
 
 // Down stops what runs in the env (its services and any process started

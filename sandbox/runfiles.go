@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -56,7 +57,12 @@ func baseHost(env *state.Env, suffix string) string {
 	return env.Project + "." + env.Name + "." + suffix
 }
 
+// writeFileAtomic replaces path with data unless it already holds exactly
+// that, so the run path of an unchanged env writes nothing.
 func writeFileAtomic(path string, data []byte) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
 	tmp := fmt.Sprintf("%s.tmp-%d", path, os.Getpid())
 	if err := os.WriteFile(tmp, data, 0o644); err != nil {
 		return err
