@@ -127,15 +127,8 @@ func (n *Network) EnsureHost(ctx context.Context) error {
 	if err := writeSysctl("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
 		return err
 	}
-	p := n.pool.Prefix()
-	route := &netlink.Route{
-		Dst:      &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)},
-		Type:     unix.RTN_UNREACHABLE,
-		Protocol: routeProtocol,
-		Table:    unix.RT_TABLE_MAIN,
-	}
-	if err := netlink.RouteReplace(route); err != nil {
-		return fmt.Errorf("add unreachable route for pool %s: %w", p, err)
+	if err := n.ensurePoolRoute(); err != nil {
+		return err
 	}
 	if err := n.ensureHostRules(); err != nil {
 		return fmt.Errorf("install nftables table %s: %w", n.prefix, err)
@@ -143,20 +136,45 @@ func (n *Network) EnsureHost(ctx context.Context) error {
 	return nil
 }
 
-// TeardownHost removes what EnsureHost made. Users keep the unreachable
-// route and the table between envs; tests and `cilo doctor --fix --all`
-// remove them.
-func (n *Network) TeardownHost(ctx context.Context) error {
-	var errs []error
+// ensurePoolRoute adds the unreachable route over the pool unless it is
+// there: every create calls it, and a route listing is far cheaper than a
+// replace, which the kernel serializes with every other route change.
+func (n *Network) ensurePoolRoute() error {
+	route := n.poolRoute()
+	have, err := retryDump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_V4, route, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return fmt.Errorf("list routes of pool %s: %w", n.pool.Prefix(), err)
+	}
+	for _, r := range have {
+		if r.Type == unix.RTN_UNREACHABLE && r.Protocol == routeProtocol {
+			return nil
+		}
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("add unreachable route for pool %s: %w", n.pool.Prefix(), err)
+	}
+	return nil
+}
+
+func (n *Network) poolRoute() *netlink.Route {
 	p := n.pool.Prefix()
-	route := &netlink.Route{
+	return &netlink.Route{
 		Dst:      &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)},
 		Type:     unix.RTN_UNREACHABLE,
 		Protocol: routeProtocol,
 		Table:    unix.RT_TABLE_MAIN,
 	}
-	if err := netlink.RouteDel(route); err != nil && !errors.Is(err, unix.ESRCH) {
-		errs = append(errs, fmt.Errorf("delete unreachable route %s: %w", p, err))
+}
+
+// TeardownHost removes what EnsureHost made. Users keep the unreachable
+// route and the table between envs; tests and `cilo doctor --fix --all`
+// remove them.
+func (n *Network) TeardownHost(ctx context.Context) error {
+	var errs []error
+	if err := netlink.RouteDel(n.poolRoute()); err != nil && !errors.Is(err, unix.ESRCH) {
+		errs = append(errs, fmt.Errorf("delete unreachable route %s: %w", n.pool.Prefix(), err))
 	}
 	if err := n.deleteHostRules(); err != nil {
 		errs = append(errs, err)

@@ -9,9 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 )
 
@@ -271,5 +273,71 @@ func TestNetnsAlongsideIproute2(t *testing.T) {
 	}
 	if _, err := os.Stat(NetnsPath(ours)); err == nil {
 		t.Fatal("namespace file survived delete")
+	}
+}
+
+// TestEnsureHostKeepsCurrentRules: a repeated EnsureHost leaves a current
+// rule set alone (same rule handles: no transaction), and puts back a rule
+// set or route that someone damaged.
+func TestEnsureHostKeepsCurrentRules(t *testing.T) {
+	n := testNetwork(t)
+	ctx := context.Background()
+	handles := func() []uint64 {
+		t.Helper()
+		c, err := nftables.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseLasting()
+		var hs []uint64
+		for _, chain := range []string{"forward", "postrouting"} {
+			rules, err := c.GetRules(n.hostTable(), &nftables.Chain{Name: chain, Table: n.hostTable()})
+			if err != nil {
+				t.Fatalf("list %s rules: %v", chain, err)
+			}
+			for _, r := range rules {
+				hs = append(hs, r.Handle)
+			}
+		}
+		return hs
+	}
+	before := handles()
+	if err := n.EnsureHost(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after := handles(); !slices.Equal(before, after) {
+		t.Fatalf("EnsureHost rewrote a current rule set: handles %v, then %v", before, after)
+	}
+
+	damage := []struct {
+		name string
+		do   func() error
+	}{
+		{"flushed forward chain", func() error {
+			c, err := nftables.New()
+			if err != nil {
+				return err
+			}
+			defer c.CloseLasting()
+			c.FlushChain(&nftables.Chain{Name: "forward", Table: n.hostTable()})
+			return c.Flush()
+		}},
+		{"deleted table", n.deleteHostRules},
+		{"deleted pool route", func() error { return netlink.RouteDel(n.poolRoute()) }},
+	}
+	for _, d := range damage {
+		if err := d.do(); err != nil {
+			t.Fatalf("%s: %v", d.name, err)
+		}
+		if err := n.EnsureHost(ctx); err != nil {
+			t.Fatalf("EnsureHost after %s: %v", d.name, err)
+		}
+		if ok, err := n.HostRulesInstalled(); err != nil || !ok {
+			t.Fatalf("after %s: host rules current = %v, %v", d.name, ok, err)
+		}
+		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, n.poolRoute(), netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+		if err != nil || len(routes) != 1 {
+			t.Fatalf("after %s: pool routes %v, %v; want the unreachable route", d.name, routes, err)
+		}
 	}
 }

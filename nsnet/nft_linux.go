@@ -1,6 +1,7 @@
 package nsnet
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -31,12 +32,19 @@ func (n *Network) hostTable() *nftables.Table {
 	return &nftables.Table{Name: n.prefix, Family: nftables.TableFamilyINet}
 }
 
+// ensureHostRules installs the host table unless exactly this version of
+// it is in place. Every create calls it; a check is a read, while a
+// rewrite is an nftables transaction, which the kernel serializes with
+// every other one on the host (about 10 ms each here).
 func (n *Network) ensureHostRules() error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
 	defer c.CloseLasting()
+	if n.hostRulesCurrent(c) {
+		return nil
+	}
 	t := c.AddTable(n.hostTable())
 	accept := nftables.ChainPolicyAccept
 	fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
@@ -47,37 +55,73 @@ func (n *Network) ensureHostRules() error {
 	// leave exactly this rule set, never a mix.
 	c.FlushChain(fwd)
 	c.FlushChain(post)
-	bridges := []byte(n.prefix + "b")
-	pool := n.pool.Prefix()
-	// Where br_netfilter is loaded, packets bridged between two
-	// namespaces of one env pass this hook too, with the env's bridge as
-	// iif. "fib daddr . iif oif exists" accepts exactly those: the
-	// destination lies behind the interface the packet came in on.
-	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(
-		matchIPv4(),
-		matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridges),
-		[]expr.Any{
-			&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: true, ResultOIF: true},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
-			&expr.Verdict{Kind: expr.VerdictAccept},
-		},
-	)})
-	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: concat(
-		matchIPv4(),
-		matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridges),
-		matchPrefix(16, pool.Addr().AsSlice(), pool.Bits()),
-		[]expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}},
-	)})
-	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: concat(
-		matchIPv4(),
-		matchPrefix(12, pool.Addr().AsSlice(), pool.Bits()),
-		matchIfname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, bridges),
-		[]expr.Any{&expr.Masq{}},
-	)})
+	for _, r := range n.hostRules(t, fwd, post) {
+		c.AddRule(r)
+	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("apply rules: %w", err)
 	}
 	return nil
+}
+
+// hostRulesTag marks each host rule with the rule set's version and pool,
+// so a check can tell the current rule set from an older or foreign one
+// without comparing expressions.
+func (n *Network) hostRulesTag() []byte {
+	return []byte("cilo-host-rules/v1 " + n.pool.Prefix().String())
+}
+
+func (n *Network) hostRules(t *nftables.Table, fwd, post *nftables.Chain) []*nftables.Rule {
+	bridges := []byte(n.prefix + "b")
+	pool := n.pool.Prefix()
+	tag := n.hostRulesTag()
+	return []*nftables.Rule{
+		// Where br_netfilter is loaded, packets bridged between two
+		// namespaces of one env pass this hook too, with the env's
+		// bridge as iif. "fib daddr . iif oif exists" accepts exactly
+		// those: the destination lies behind the interface the packet
+		// came in on.
+		{Table: t, Chain: fwd, UserData: tag, Exprs: concat(
+			matchIPv4(),
+			matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridges),
+			[]expr.Any{
+				&expr.Fib{Register: 1, FlagDADDR: true, FlagIIF: true, ResultOIF: true},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+				&expr.Verdict{Kind: expr.VerdictAccept},
+			},
+		)},
+		{Table: t, Chain: fwd, UserData: tag, Exprs: concat(
+			matchIPv4(),
+			matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridges),
+			matchPrefix(16, pool.Addr().AsSlice(), pool.Bits()),
+			[]expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}},
+		)},
+		{Table: t, Chain: post, UserData: tag, Exprs: concat(
+			matchIPv4(),
+			matchPrefix(12, pool.Addr().AsSlice(), pool.Bits()),
+			matchIfname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, bridges),
+			[]expr.Any{&expr.Masq{}},
+		)},
+	}
+}
+
+// hostRulesCurrent reports whether both chains hold exactly the rules of
+// this version and pool (two in forward, one in postrouting).
+func (n *Network) hostRulesCurrent(c *nftables.Conn) bool {
+	t := n.hostTable()
+	want := map[string]int{"forward": 2, "postrouting": 1}
+	for chain, count := range want {
+		rules, err := c.GetRules(t, &nftables.Chain{Name: chain, Table: t})
+		if err != nil || len(rules) != count {
+			return false
+		}
+		for _, r := range rules {
+			if !bytes.Equal(r.UserData, n.hostRulesTag()) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (n *Network) deleteHostRules() error {
@@ -93,24 +137,15 @@ func (n *Network) deleteHostRules() error {
 	return nil
 }
 
-// HostRulesInstalled reports whether the host table exists (for doctor and
-// tests).
+// HostRulesInstalled reports whether the host table holds the current
+// rule set (for doctor and tests).
 func (n *Network) HostRulesInstalled() (bool, error) {
 	c, err := nftables.New()
 	if err != nil {
 		return false, fmt.Errorf("nftables: %w", err)
 	}
 	defer c.CloseLasting()
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return false, fmt.Errorf("list nftables tables: %w", err)
-	}
-	for _, t := range tables {
-		if t.Name == n.prefix {
-			return true, nil
-		}
-	}
-	return false, nil
+	return n.hostRulesCurrent(c), nil
 }
 
 func concat(parts ...[]expr.Any) []expr.Any {
