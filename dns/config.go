@@ -13,7 +13,7 @@ import (
 // configuration. It holds plain values, not a sandbox.Config, because
 // sandbox imports this package (for [ResolvConf] and [Launcher]).
 type Config struct {
-	StateDir string // cilo's state directory (state file, log, init record)
+	StateDir string // cilo's state directory (env records, log, init record)
 	RunDir   string // runtime directory (pidfile and lock, status file)
 	Addr     string // host listener, ip:port (127.0.0.1:5354)
 	Suffix   string // zone suffix ("test")

@@ -119,16 +119,14 @@ func TestLauncher(t *testing.T) {
 		t.Fatalf("second Serve: %v, want ErrAlreadyRunning", err)
 	}
 
-	// The status shows the zone, and follows the state file.
+	// The status shows the zone, and follows the state.
 	store, err := state.Open(cfg.StateDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := testEnv("shop", "dev", 1, svc("db", "10.250.1.11"), svc("web", "10.250.1.10"))
 	e.Gateway = netip.Addr{} // no env listener on :53 from this test
-	if err := store.Update(ctx, func(s *state.State) error { s.Envs[e.Key()] = e; return nil }); err != nil {
-		t.Fatal(err)
-	}
+	putEnv(t, store, e)
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		st, err = GetStatus(ctx, cfg)

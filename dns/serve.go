@@ -46,7 +46,7 @@ type statusInfo struct {
 // Serve runs the DNS daemon until ctx is done: it takes the pidfile lock
 // (one instance per run dir), listens on cfg.Addr (and on the resolv.conf
 // stub address if `cilo init --force` set one up), serves the zone of the
-// state file in cfg.StateDir with live updates, and publishes its health
+// state in cfg.StateDir with live updates, and publishes its health
 // in cfg.StatusFile.
 func Serve(ctx context.Context, cfg Config, o ServeOptions) error {
 	logf := o.Logf

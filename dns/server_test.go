@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -225,7 +226,7 @@ func FuzzHandler(f *testing.F) {
 	})
 }
 
-// TestLiveUpdate creates and destroys envs in the state file while
+// TestLiveUpdate creates and destroys envs in the state while
 // querying in a loop, and checks that each change is seen within 100 ms
 // of the state write returning, with no restart or signal.
 func TestLiveUpdate(t *testing.T) {
@@ -264,15 +265,13 @@ func TestLiveUpdate(t *testing.T) {
 		e := testEnv("live", "e"+string(rune('a'+i)), i, svc("db", netip.AddrFrom4([4]byte{10, 250, byte(i), 11}).String()))
 		name := "db." + e.Name + ".test"
 		waitFor(name, mdns.RcodeNameError)
-		if err := store.Update(ctx, func(st *state.State) error { st.Envs[e.Key()] = e; return nil }); err != nil {
-			t.Fatal(err)
-		}
+		putEnv(t, store, e)
 		worst = max(worst, waitFor(name, mdns.RcodeSuccess))
-		if err := store.Update(ctx, func(st *state.State) error { st.Envs[e.Key()].Status = state.StatusDestroying; return nil }); err != nil {
+		if _, err := store.Update(ctx, e.Key(), func(e *state.Env) error { e.Status = state.StatusDestroying; return nil }); err != nil {
 			t.Fatal(err)
 		}
 		worst = max(worst, waitFor(name, mdns.RcodeNameError))
-		if err := store.Update(ctx, func(st *state.State) error { delete(st.Envs, e.Key()); return nil }); err != nil {
+		if err := store.Delete(ctx, e.Key()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -312,7 +311,16 @@ func TestUpstreamsFromResolvConf(t *testing.T) {
 	}
 }
 
-// TestBrokenStateKeepsZone checks that a state file that does not parse
+// putEnv records e as it is, index included.
+func putEnv(t *testing.T, store *state.Store, e *state.Env) {
+	t.Helper()
+	_, err := store.Insert(context.Background(), e.Key(), func(func(int) bool) (*state.Env, error) { return e, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBrokenStateKeepsZone checks that a state record that does not parse
 // leaves the last good zone in service, and that the next good write is
 // picked up.
 func TestBrokenStateKeepsZone(t *testing.T) {
@@ -323,9 +331,7 @@ func TestBrokenStateKeepsZone(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := testEnv("shop", "dev", 1, svc("db", "10.250.1.11"))
-	if err := store.Update(ctx, func(st *state.State) error { st.Envs[e.Key()] = e; return nil }); err != nil {
-		t.Fatal(err)
-	}
+	putEnv(t, store, e)
 	s, addr := startServer(t, nil, nil)
 	done := make(chan error, 1)
 	go func() { done <- NewStateSource(dir, "test", t.Logf).Run(ctx, s.SetZone) }()
@@ -346,22 +352,21 @@ func TestBrokenStateKeepsZone(t *testing.T) {
 	if !answers("db.dev.test") {
 		t.Fatal("db.dev.test never answered")
 	}
-	if err := writeFileAtomic(store.Path(), []byte("{not json"), 0o644); err != nil {
+	broken := filepath.Join(store.EnvsDir(), "shop.dev.json")
+	if err := writeFileAtomic(broken, []byte("{not json"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond)
 	if r := exchange(t, "udp", addr, question("db.dev.test", mdns.TypeA)); r.Rcode != mdns.RcodeSuccess {
-		t.Fatalf("a broken state file took the zone down: %v", r)
+		t.Fatalf("a broken state record took the zone down: %v", r)
 	}
 	e2 := testEnv("shop", "qa", 2, svc("db", "10.250.2.11"))
-	if err := writeFileAtomic(store.Path(), []byte(`{"version":1,"envs":{}}`), 0o644); err != nil {
+	if err := os.Remove(broken); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Update(ctx, func(st *state.State) error { st.Envs[e2.Key()] = e2; return nil }); err != nil {
-		t.Fatal(err)
-	}
+	putEnv(t, store, e2)
 	if !answers("db.qa.test") {
-		t.Fatal("the next good state file was not picked up")
+		t.Fatal("the next good state was not picked up")
 	}
 }
 

@@ -3,7 +3,6 @@ package dns
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/cilo-dev/cilo/sandbox/state"
@@ -15,22 +14,27 @@ type Source interface {
 	Run(ctx context.Context, update func(*Zone)) error
 }
 
-// StateSource builds zones from cilo's state file. The file is only ever
-// replaced by rename, so a watch on its directory (inotify on Linux) sees
-// every change; a poll of the file's mtime and size backs the watch up.
+// StateSource builds zones from cilo's state. Env records are only ever
+// replaced by rename or removed, so a watch on their directory (inotify on
+// Linux) sees every change; a poll of the directory's mtime backs the
+// watch up.
 type StateSource struct {
 	dir    string
 	suffix string
 	rescan time.Duration
+	// settle is the least time between two reloads: a burst of writes
+	// (twenty parallel creates write twice each) costs one reload per
+	// window, not one per write, while a lone write is served at once.
+	settle time.Duration
 	logf   func(string, ...any)
 }
 
-// NewStateSource watches the state file in dir and serves suffix.
+// NewStateSource watches the state in dir and serves suffix.
 func NewStateSource(dir, suffix string, logf func(string, ...any)) *StateSource {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &StateSource{dir: dir, suffix: suffix, rescan: 5 * time.Second, logf: logf}
+	return &StateSource{dir: dir, suffix: suffix, rescan: 5 * time.Second, settle: 20 * time.Millisecond, logf: logf}
 }
 
 // Run implements [Source]. It fails only if the watch cannot be set up;
@@ -40,10 +44,9 @@ func (s *StateSource) Run(ctx context.Context, update func(*Zone)) error {
 	if err != nil {
 		return err
 	}
-	name := filepath.Base(store.Path())
-	w, err := newWatch(s.dir, name)
+	w, err := newWatch(store.EnvsDir(), state.IsRecord)
 	if err != nil {
-		return fmt.Errorf("watch state directory %s: %w", s.dir, err)
+		return fmt.Errorf("watch state directory %s: %w", store.EnvsDir(), err)
 	}
 	defer w.Close()
 	stop := context.AfterFunc(ctx, func() { w.Close() }) // wakes Wait below
@@ -63,11 +66,12 @@ func (s *StateSource) Run(ctx context.Context, update func(*Zone)) error {
 		return nil
 	}
 	if err := load(); err != nil {
-		// A broken state file must not take names of working envs down
+		// A broken state record must not take names of working envs down
 		// with the daemon: serve what we have and wait for the next write.
 		s.logf("dns: read state: %v (serving no envs until it changes)", err)
 	}
-	stamp := fileStamp(store.Path())
+	stamp := fileStamp(store.EnvsDir())
+	loaded := time.Now()
 	for {
 		changed, err := w.Wait(s.rescan)
 		if ctx.Err() != nil {
@@ -77,12 +81,22 @@ func (s *StateSource) Run(ctx context.Context, update func(*Zone)) error {
 			return fmt.Errorf("watch state directory: %w", err)
 		}
 		if !changed {
-			changed = fileStamp(store.Path()) != stamp
+			changed = fileStamp(store.EnvsDir()) != stamp
 		}
 		if !changed {
 			continue
 		}
-		stamp = fileStamp(store.Path())
+		if wait := s.settle - time.Since(loaded); wait > 0 {
+			// Writes landing meanwhile are covered by the reload
+			// below; their queued events cost at most one more.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+		}
+		stamp = fileStamp(store.EnvsDir())
+		loaded = time.Now()
 		if err := load(); err != nil {
 			s.logf("dns: reload state: %v (keeping the previous zone)", err)
 		}

@@ -9,15 +9,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// watch reports changes to one file of a directory: inotify on the
-// directory, since the file is replaced by rename (IN_MOVED_TO).
+// watch reports changes to the files of a directory that match a
+// predicate: inotify on the directory, since files are replaced by rename
+// (IN_MOVED_TO).
 type watch struct {
-	f    *os.File
-	name string
-	buf  []byte
+	f     *os.File
+	match func(name string) bool
+	buf   []byte
 }
 
-func newWatch(dir, name string) (*watch, error) {
+func newWatch(dir string, match func(name string) bool) (*watch, error) {
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -27,11 +28,11 @@ func newWatch(dir, name string) (*watch, error) {
 		f.Close()
 		return nil, err
 	}
-	return &watch{f: f, name: name, buf: make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))}, nil
+	return &watch{f: f, match: match, buf: make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))}, nil
 }
 
-// Wait returns true when the file was touched, false after timeout
-// without an event for it. Close makes a pending Wait return.
+// Wait returns true when a matching file was touched, false after timeout
+// without an event for one. Close makes a pending Wait return.
 func (w *watch) Wait(timeout time.Duration) (bool, error) {
 	w.f.SetReadDeadline(time.Now().Add(timeout))
 	n, err := w.f.Read(w.buf)
@@ -41,14 +42,14 @@ func (w *watch) Wait(timeout time.Duration) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return touches(w.buf[:n], w.name), nil
+	return touches(w.buf[:n], w.match), nil
 }
 
 // Close releases the watch.
 func (w *watch) Close() error { return w.f.Close() }
 
-// touches reports whether any inotify event in b names the file name.
-func touches(b []byte, name string) bool {
+// touches reports whether any inotify event in b names a matching file.
+func touches(b []byte, match func(string) bool) bool {
 	for len(b) >= unix.SizeofInotifyEvent {
 		// struct inotify_event: wd, mask, cookie, len, then the name.
 		end := unix.SizeofInotifyEvent + int(binary.NativeEndian.Uint32(b[12:16]))
@@ -62,7 +63,7 @@ func touches(b []byte, name string) bool {
 				break
 			}
 		}
-		if string(n) == name {
+		if match(string(n)) {
 			return true
 		}
 		b = b[end:]

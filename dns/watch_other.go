@@ -9,14 +9,16 @@ import (
 )
 
 // watch polls where there is no inotify: Wait returns false every 50 ms
-// and the caller compares the file's mtime and size, which keeps changes
+// and the caller compares the directory's mtime and size, which keeps changes
 // well within the 100 ms budget.
 type watch struct {
 	once   sync.Once
 	closed chan struct{}
 }
 
-func newWatch(dir, name string) (*watch, error) { return &watch{closed: make(chan struct{})}, nil }
+func newWatch(dir string, match func(name string) bool) (*watch, error) {
+	return &watch{closed: make(chan struct{})}, nil
+}
 
 // Wait returns false after at most 50 ms; it fails once Close was called.
 func (w *watch) Wait(timeout time.Duration) (bool, error) {

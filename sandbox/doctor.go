@@ -19,7 +19,7 @@ type Finding struct {
 	Fixed  bool   `json:"fixed,omitempty"`
 }
 
-// Doctor checks the host and cilo's own objects against the state file: it
+// Doctor checks the host and cilo's own objects against the state: it
 // finds interrupted operations and kernel objects that no env owns. With
 // fix it finishes or undoes what was interrupted and removes the orphans.
 // It only ever touches objects named with this configuration's prefix.
@@ -36,10 +36,10 @@ func (m *Manager) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 
 	st, err := m.store.Read(ctx)
 	if err != nil {
-		add(Finding{Check: "state file", Detail: err.Error()})
+		add(Finding{Check: "state", Detail: err.Error()})
 		return out, nil
 	}
-	add(Finding{Check: "state file", OK: true, Detail: fmt.Sprintf("%s, %d envs", m.store.Path(), len(st.Envs))})
+	add(Finding{Check: "state", OK: true, Detail: fmt.Sprintf("%s, %d envs", m.store.Dir(), len(st.Envs))})
 
 	if len(st.Envs) > 0 {
 		ok, err := m.net.HostRulesInstalled()
@@ -120,7 +120,7 @@ type orphan struct {
 }
 
 // orphans are cilo-named namespaces and interfaces that no env in the
-// state file owns.
+// state owns.
 func (m *Manager) orphans(envs []*state.Env) ([]orphan, error) {
 	indexes := map[int]bool{}
 	for _, e := range envs {

@@ -1,5 +1,5 @@
 // Package sandbox is cilo's environments: their names, their record in the
-// state file, their lifecycle (create, up, run, down, destroy) and running
+// state, their lifecycle (create, up, run, down, destroy) and running
 // a process inside one. It ties together the kernel networking (nsnet), the
 // workspaces (overlayfs), the compose services and the DNS server, each
 // behind a small interface so that the lifecycle reads top-down.
@@ -23,7 +23,7 @@ import (
 )
 
 // ErrExists is wrapped when creating an env that already exists.
-var ErrExists = errors.New("already exists")
+var ErrExists = state.ErrExists
 
 // ErrNotFound is wrapped when an env does not exist.
 var ErrNotFound = state.ErrNotFound
@@ -135,15 +135,11 @@ func (m *Manager) Network() *nsnet.Network { return m.net }
 
 // Get returns the env name of project.
 func (m *Manager) Get(ctx context.Context, project, name string) (*state.Env, error) {
-	st, err := m.store.Read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	env, ok := st.Envs[state.Key(project, name)]
-	if !ok {
+	env, err := m.store.Get(ctx, state.Key(project, name))
+	if errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("env %q of project %s: %w (cilo list shows the envs)", name, project, ErrNotFound)
 	}
-	return env, nil
+	return env, err
 }
 
 // List returns the envs of project, or of every project when project is
@@ -221,28 +217,19 @@ func (m *Manager) ensureDNS(ctx context.Context) {
 func (m *Manager) reserve(ctx context.Context, p *Project, name string) (*state.Env, error) {
 	// The host's routes are read before taking the lock: envs created
 	// meanwhile are skipped by index, and the lock is held only for the
-	// state file.
+	// state records.
 	taken, err := m.net.HostPrefixes()
 	if err != nil {
 		return nil, err
 	}
-	var env *state.Env
-	err = m.store.Update(ctx, func(st *state.State) error {
-		key := state.Key(p.Name, name)
-		if old, ok := st.Envs[key]; ok {
-			return fmt.Errorf("env %q of project %s (%s): %w", name, p.Name, old.Status, ErrExists)
-		}
-		used := map[int]bool{}
-		for _, e := range st.Envs {
-			used[e.Index] = true
-		}
-		i, err := m.net.Pool().Allocate(func(i int) bool { return used[i] }, taken)
+	return m.store.Insert(ctx, state.Key(p.Name, name), func(used func(int) bool) (*state.Env, error) {
+		i, err := m.net.Pool().Allocate(used, taken)
 		if err != nil {
-			return fmt.Errorf("create env %q: %w", name, err)
+			return nil, fmt.Errorf("create env %q: %w", name, err)
 		}
 		l := m.net.Link(i, m.netnsName(p.Name, name))
 		now := time.Now().UTC()
-		env = &state.Env{
+		return &state.Env{
 			Project:      p.Name,
 			Name:         name,
 			Status:       state.StatusCreating,
@@ -258,11 +245,8 @@ func (m *Manager) reserve(ctx context.Context, p *Project, name string) (*state.
 			Intent:       &state.Intent{Op: "create", PID: os.Getpid(), Started: now},
 			CreatedAt:    now,
 			UpdatedAt:    now,
-		}
-		st.Envs[key] = env
-		return nil
+		}, nil
 	})
-	return env, err
 }
 
 func (m *Manager) build(ctx context.Context, p *Project, env *state.Env) error {
@@ -279,19 +263,22 @@ func (m *Manager) build(ctx context.Context, p *Project, env *state.Env) error {
 	if err := m.writeRunFiles(env); err != nil {
 		return err
 	}
-	return m.store.Update(ctx, func(st *state.State) error {
-		e, ok := st.Envs[env.Key()]
-		if !ok {
-			return fmt.Errorf("env %q vanished from the state file while being created", env.Name)
-		}
+	e, err := m.store.Update(ctx, env.Key(), func(e *state.Env) error {
 		e.Workspace = ws.Path
 		e.WorkspaceMode = string(ws.Mode)
 		e.Status = state.StatusRunning
 		e.Intent = nil
 		e.UpdatedAt = time.Now().UTC()
-		*env = *e
 		return nil
 	})
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("env %q vanished from the state while being created", env.Name)
+	}
+	if err != nil {
+		return err
+	}
+	*env = *e
+	return nil
 }
 
 // Up brings env name to running: creates it if needed, restores its
@@ -320,17 +307,10 @@ func (m *Manager) useComposeFiles(ctx context.Context, env *state.Env, files []s
 	if len(files) == 0 || slices.Equal(files, env.ComposeFiles) {
 		return env, nil
 	}
-	var out *state.Env
-	err := m.store.Update(ctx, func(st *state.State) error {
-		e, ok := st.Envs[env.Key()]
-		if !ok {
-			return fmt.Errorf("env %q of project %s: %w", env.Name, env.Project, ErrNotFound)
-		}
+	return m.store.Update(ctx, env.Key(), func(e *state.Env) error {
 		e.ComposeFiles = files
-		out = e
 		return nil
 	})
-	return out, err
 }
 
 // ready returns the env with its network and workspace in place, creating
@@ -365,7 +345,7 @@ func (m *Manager) ready(ctx context.Context, p *Project, name string) (*state.En
 }
 
 // restore puts back what a reboot takes away: the namespace and bridge
-// (same addresses, from the state file), the workspace mount and the run
+// (same addresses, from the state), the workspace mount and the run
 // files. When everything is in place it costs a few stat calls.
 func (m *Manager) restore(ctx context.Context, env *state.Env) error {
 	l := m.link(env)
@@ -399,16 +379,10 @@ func (m *Manager) setServices(ctx context.Context, env *state.Env, services []st
 		// record, so no lock and no fsync on the way to the command.
 		return env, m.writeRunFiles(env)
 	}
-	var out *state.Env
-	err := m.store.Update(ctx, func(st *state.State) error {
-		e, ok := st.Envs[env.Key()]
-		if !ok {
-			return fmt.Errorf("env %q of project %s: %w", env.Name, env.Project, ErrNotFound)
-		}
+	out, err := m.store.Update(ctx, env.Key(), func(e *state.Env) error {
 		e.Services = services
 		e.Status = status
 		e.UpdatedAt = time.Now().UTC()
-		out = e
 		return nil
 	})
 	if err != nil {
@@ -451,20 +425,17 @@ func (m *Manager) Destroy(ctx context.Context, project, name string) error {
 	if err := checkPrivilege(); err != nil {
 		return err
 	}
-	var env *state.Env
-	err := m.store.Update(ctx, func(st *state.State) error {
-		e, ok := st.Envs[state.Key(project, name)]
-		if !ok {
-			return fmt.Errorf("env %q of project %s: %w", name, project, ErrNotFound)
-		}
+	env, err := m.store.Update(ctx, state.Key(project, name), func(e *state.Env) error {
 		if e.Intent != nil && e.Intent.PID != os.Getpid() && processAlive(e.Intent.PID) {
 			return fmt.Errorf("env %q is being %sd by pid %d; try again when it is done", name, e.Intent.Op, e.Intent.PID)
 		}
 		e.Status = state.StatusDestroying
 		e.Intent = &state.Intent{Op: "destroy", PID: os.Getpid(), Started: time.Now().UTC()}
-		env = e
 		return nil
 	})
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("env %q of project %s: %w", name, project, ErrNotFound)
+	}
 	if err != nil {
 		return err
 	}
@@ -503,10 +474,7 @@ func (m *Manager) teardown(ctx context.Context, env *state.Env) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	return m.store.Update(ctx, func(st *state.State) error {
-		delete(st.Envs, env.Key())
-		return nil
-	})
+	return m.store.Delete(ctx, env.Key())
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -1,7 +1,8 @@
-// Package state is cilo's record of every environment: one JSON file with a
-// schema version, changed only under an exclusive lock and replaced by temp
-// file + fsync + rename, so that a reader never sees half a write and a crash
-// never loses the previous state.
+// Package state is cilo's record of every environment: one small JSON file
+// per env with a schema version, changed only under an exclusive lock and
+// replaced by temp file + fsync + rename, so that a reader never sees half
+// a write and a crash never loses the previous state. A file per env keeps
+// each change's cost independent of how many envs there are.
 //
 // Multi-step operations record their intent (an [Intent] on the env) before
 // they touch the kernel or the disk, so that a crash at any point leaves a
@@ -14,17 +15,20 @@ import (
 	"time"
 )
 
-// SchemaVersion is the version of the state file this build writes. A file
-// with a newer version is refused rather than silently rewritten.
-const SchemaVersion = 1
+// SchemaVersion is the version of the records this build writes. A record
+// with a newer version is refused rather than silently rewritten. Version
+// 1 was a single state.json holding every env; Open converts it.
+const SchemaVersion = 2
 
 // ErrNotFound is wrapped by lookups of an environment that does not exist.
 var ErrNotFound = errors.New("not found")
 
-// State is the whole file.
+// ErrExists is wrapped when inserting an environment that already exists.
+var ErrExists = errors.New("already exists")
+
+// State is every env at one moment.
 type State struct {
-	Version int             `json:"version"`
-	Envs    map[string]*Env `json:"envs"` // keyed by Key(project, name)
+	Envs map[string]*Env // keyed by Key(project, name)
 }
 
 // Status of an environment.

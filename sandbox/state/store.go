@@ -8,112 +8,328 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
 const (
-	fileName = "state.json"
-	lockName = "state.lock"
+	envsDir   = "envs"       // one record per env: <project>.<name>.json
+	claimsDir = "index"      // one symlink per pool index, to the record holding it
+	lockName  = "state.lock" // flock taken by every change
+	v1File    = "state.json" // schema 1: every env in one file
 )
 
-// Store is the state file in one directory. It is safe for concurrent use
-// by goroutines and by separate processes: every change takes an exclusive
-// flock on a lock file beside the state file.
+// Store is the state in one directory: a record file per env, so that a
+// change costs the same with 250 envs as with one. It is safe for
+// concurrent use by goroutines and by separate processes: every change
+// takes an exclusive flock on a lock file beside the records, and holds it
+// only for the few files that change.
 type Store struct {
 	dir string
 }
 
-// Open returns the store in dir, creating dir if needed.
+// Open returns the store in dir, creating it if needed and converting a
+// schema 1 state file.
 func Open(dir string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create state directory %s: %w", dir, err)
+	for _, d := range []string{dir, filepath.Join(dir, envsDir), filepath.Join(dir, claimsDir)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("create state directory %s: %w", d, err)
+		}
 	}
-	return &Store{dir: dir}, nil
+	s := &Store{dir: dir}
+	if err := s.migrateV1(context.Background()); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
-// Path is the state file's path (watchers use it).
-func (s *Store) Path() string { return filepath.Join(s.dir, fileName) }
-
-// Dir is the directory holding the state file.
+// Dir is the directory holding the state.
 func (s *Store) Dir() string { return s.dir }
 
-// Read returns the current state without taking the lock: the file is only
-// ever replaced by rename, so a reader sees either the old or the new one.
-func (s *Store) Read(ctx context.Context) (*State, error) {
-	return s.load()
+// EnvsDir holds the env records; a change to any env is a rename or an
+// unlink of a file in it (watchers use it).
+func (s *Store) EnvsDir() string { return filepath.Join(s.dir, envsDir) }
+
+// IsRecord reports whether name, a file in EnvsDir, is an env record
+// rather than a temporary file.
+func IsRecord(name string) bool {
+	return strings.HasSuffix(name, ".json") && !strings.HasPrefix(name, ".")
 }
 
-// Update runs fn on the current state under the exclusive lock and writes
-// the result if fn returns nil. fn must not block on other cilo processes.
-func (s *Store) Update(ctx context.Context, fn func(*State) error) error {
+// record is the file of one env.
+type record struct {
+	Version int  `json:"version"`
+	Env     *Env `json:"env"`
+}
+
+// Read returns every env without taking the lock: records are only ever
+// replaced by rename, so a reader sees either the old or the new one.
+func (s *Store) Read(ctx context.Context) (*State, error) {
+	ents, err := os.ReadDir(s.EnvsDir())
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	st := &State{Envs: make(map[string]*Env, len(ents))}
+	for _, de := range ents {
+		if !IsRecord(de.Name()) {
+			continue
+		}
+		e, err := readRecord(filepath.Join(s.EnvsDir(), de.Name()))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // destroyed since the listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		st.Envs[e.Key()] = e
+	}
+	return st, nil
+}
+
+// Get returns the env of key, reading only its record.
+func (s *Store) Get(ctx context.Context, key string) (*Env, error) {
+	p, err := s.recordPath(key)
+	if err != nil {
+		return nil, err
+	}
+	e, err := readRecord(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("env %s: %w", key, ErrNotFound)
+	}
+	return e, err
+}
+
+// Insert adds the env that build returns for key, under the lock. build is
+// told which pool indexes live envs hold; the env it returns claims its
+// index until Delete. Insert fails with ErrExists when key has a record.
+func (s *Store) Insert(ctx context.Context, key string, build func(used func(int) bool) (*Env, error)) (*Env, error) {
+	p, err := s.recordPath(key)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if old, err := readRecord(p); err == nil {
+		return nil, fmt.Errorf("env %s (%s): %w", key, old.Status, ErrExists)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	used, err := s.claims()
+	if err != nil {
+		return nil, err
+	}
+	e, err := build(func(i int) bool { return used[i] })
+	if err != nil {
+		return nil, err
+	}
+	if e.Key() != key {
+		return nil, fmt.Errorf("insert env %s: record is for %s", key, e.Key())
+	}
+	if err := s.put(p, e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// put claims e's index and writes its record. The claim is made durable
+// first: a crash in between leaves a claim without a record, which the
+// next claims() removes, never a record without a claim, whose index
+// could be given twice.
+func (s *Store) put(p string, e *Env) error {
+	claim := s.claimPath(e.Index)
+	if err := os.Symlink(filepath.Base(p), claim); err != nil {
+		return fmt.Errorf("claim pool index %d for env %s: %w", e.Index, e.Key(), err)
+	}
+	err := syncDir(filepath.Dir(claim))
+	if err == nil {
+		err = s.write(p, e)
+	}
+	if err != nil {
+		os.Remove(claim)
+		return err
+	}
+	return nil
+}
+
+// Update runs fn on the env of key under the lock and writes the result
+// if fn returns nil. fn must not block on other cilo processes.
+func (s *Store) Update(ctx context.Context, key string, fn func(*Env) error) (*Env, error) {
+	p, err := s.recordPath(key)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	e, err := readRecord(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("env %s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	index := e.Index
+	if err := fn(e); err != nil {
+		return nil, err
+	}
+	if e.Key() != key || e.Index != index {
+		return nil, fmt.Errorf("update env %s: its key and pool index cannot change", key)
+	}
+	if err := s.write(p, e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Delete removes the env of key and releases its index; a missing record
+// is not an error.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	p, err := s.recordPath(key)
+	if err != nil {
+		return err
+	}
 	unlock, err := s.lock(ctx)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	st, err := s.load()
-	if err != nil {
-		return err
-	}
-	if err := fn(st); err != nil {
-		return err
-	}
-	return s.write(st)
-}
-
-func (s *Store) load() (*State, error) {
-	b, err := os.ReadFile(s.Path())
+	e, err := readRecord(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		return &State{Version: SchemaVersion, Envs: map[string]*Env{}}, nil
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read state: %w", err)
+		return err
 	}
-	st := &State{}
-	if err := json.Unmarshal(b, st); err != nil {
-		return nil, fmt.Errorf("parse state file %s: %w (move it aside and run cilo doctor --fix)", s.Path(), err)
+	if err := os.Remove(p); err != nil {
+		return fmt.Errorf("remove state record of env %s: %w", key, err)
 	}
-	if st.Version > SchemaVersion {
-		return nil, fmt.Errorf("state file %s has schema version %d, this cilo knows up to %d: upgrade cilo", s.Path(), st.Version, SchemaVersion)
+	if err := syncDir(s.EnvsDir()); err != nil {
+		return err
 	}
-	if st.Envs == nil {
-		st.Envs = map[string]*Env{}
+	if err := os.Remove(s.claimPath(e.Index)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("release pool index %d of env %s: %w", e.Index, key, err)
 	}
-	st.Version = SchemaVersion
-	return st, nil
+	return nil
 }
 
-func (s *Store) write(st *State) error {
-	b, err := json.MarshalIndent(st, "", "  ")
+// claims returns the pool indexes held by live envs, removing claims whose
+// record is gone (left by a crash between the two steps of put or Delete).
+// The caller holds the lock.
+func (s *Store) claims() (map[int]bool, error) {
+	dir := filepath.Join(s.dir, claimsDir)
+	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("encode state: %w", err)
+		return nil, fmt.Errorf("read pool index claims: %w", err)
 	}
-	tmp, err := os.CreateTemp(s.dir, fileName+".tmp-*")
+	used := make(map[int]bool, len(ents))
+	for _, de := range ents {
+		i, err := strconv.Atoi(de.Name())
+		if err != nil {
+			continue
+		}
+		claim := filepath.Join(dir, de.Name())
+		target, err := os.Readlink(claim)
+		if err != nil {
+			return nil, fmt.Errorf("read pool index claim %d: %w", i, err)
+		}
+		if _, err := os.Lstat(filepath.Join(s.EnvsDir(), filepath.Base(target))); errors.Is(err, fs.ErrNotExist) {
+			if err := os.Remove(claim); err != nil {
+				return nil, fmt.Errorf("remove stale pool index claim %d: %w", i, err)
+			}
+			continue
+		}
+		used[i] = true
+	}
+	return used, nil
+}
+
+func (s *Store) claimPath(i int) string {
+	return filepath.Join(s.dir, claimsDir, strconv.Itoa(i))
+}
+
+// recordPath is the record file of key. Keys come from validated names,
+// but the store does not rely on it: nothing but a label may become part
+// of a path.
+func (s *Store) recordPath(key string) (string, error) {
+	project, name, ok := strings.Cut(key, "/")
+	if !ok || !isLabel(project) || !isLabel(name) {
+		return "", fmt.Errorf("invalid env key %q: want <project>/<env>, each of a-z, 0-9 and '-'", key)
+	}
+	return filepath.Join(s.EnvsDir(), project+"."+name+".json"), nil
+}
+
+func isLabel(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func readRecord(path string) (*Env, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("write state: %w", err)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("read state record: %w", err)
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil || r.Env == nil {
+		if err == nil {
+			err = errors.New("no env in it")
+		}
+		return nil, fmt.Errorf("parse state record %s: %v (move it aside and run cilo doctor --fix)", path, err)
+	}
+	if r.Version > SchemaVersion {
+		return nil, fmt.Errorf("state record %s has schema version %d, this cilo knows up to %d: upgrade cilo", path, r.Version, SchemaVersion)
+	}
+	if want := r.Env.Project + "." + r.Env.Name + ".json"; filepath.Base(path) != want {
+		return nil, fmt.Errorf("state record %s holds env %s (move it aside and run cilo doctor --fix)", path, r.Env.Key())
+	}
+	return r.Env, nil
+}
+
+// write replaces the record at p by temp file + fsync + rename. The temp
+// file's name starts with a dot, which IsRecord rejects.
+func (s *Store) write(p string, e *Env) error {
+	b, err := json.Marshal(record{Version: SchemaVersion, Env: e})
+	if err != nil {
+		return fmt.Errorf("encode state of env %s: %w", e.Key(), err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write state of env %s: %w", e.Key(), err)
 	}
 	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write state: %w", err)
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Chmod(0o644)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write state: %w", err)
+	if err == nil {
+		err = tmp.Sync()
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync state: %w", err)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write state: %w", err)
+	if err != nil {
+		return fmt.Errorf("write state of env %s: %w", e.Key(), err)
 	}
-	if err := os.Rename(tmp.Name(), s.Path()); err != nil {
-		return fmt.Errorf("replace state file: %w", err)
+	if err := os.Rename(tmp.Name(), p); err != nil {
+		return fmt.Errorf("replace state of env %s: %w", e.Key(), err)
 	}
-	return syncDir(s.dir)
+	return syncDir(filepath.Dir(p))
 }
 
 func syncDir(dir string) error {
@@ -123,38 +339,102 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync state directory: %w", err)
+		return fmt.Errorf("sync state directory %s: %w", dir, err)
 	}
 	return nil
 }
 
-// lock takes the exclusive lock, polling so that ctx can cancel the wait.
+// lock takes the exclusive lock. Waiters block in flock, which the kernel
+// wakes in turn, rather than polling; ctx abandons the wait.
 func (s *Store) lock(ctx context.Context) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(s.dir, lockName), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open state lock: %w", err)
 	}
-	for delay := 100 * time.Microsecond; ; {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
+	fd := int(f.Fd())
+	unlock := func() {
+		unix.Flock(fd, unix.LOCK_UN)
+		f.Close()
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err == nil {
+		return unlock, nil
+	}
+	got := make(chan error, 1)
+	go func() {
+		for {
+			err := unix.Flock(fd, unix.LOCK_EX)
+			if !errors.Is(err, unix.EINTR) {
+				got <- err
+				return
+			}
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("lock state: %w", err)
 		}
-		select {
-		case <-ctx.Done():
+		return unlock, nil
+	case <-ctx.Done():
+		// The flock call cannot be cancelled: release the lock when it
+		// comes, then the file.
+		go func() {
+			if <-got == nil {
+				unix.Flock(fd, unix.LOCK_UN)
+			}
 			f.Close()
-			return nil, fmt.Errorf("wait for state lock: %w", ctx.Err())
-		case <-time.After(delay):
+		}()
+		return nil, fmt.Errorf("wait for state lock: %w", ctx.Err())
+	}
+}
+
+// migrateV1 turns a schema 1 state file into records, keeping the old file
+// beside them as state.json.v1 for reference.
+func (s *Store) migrateV1(ctx context.Context) error {
+	old := filepath.Join(s.dir, v1File)
+	if _, err := os.Stat(old); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	b, err := os.ReadFile(old)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // another cilo migrated it first
+	}
+	if err != nil {
+		return fmt.Errorf("read schema 1 state file: %w", err)
+	}
+	var v1 struct {
+		Version int             `json:"version"`
+		Envs    map[string]*Env `json:"envs"`
+	}
+	if err := json.Unmarshal(b, &v1); err != nil {
+		return fmt.Errorf("parse state file %s: %w (move it aside and run cilo doctor --fix)", old, err)
+	}
+	if v1.Version != 1 {
+		return fmt.Errorf("state file %s has schema version %d, this cilo reads only version 1 files: upgrade cilo", old, v1.Version)
+	}
+	if _, err := s.claims(); err != nil { // drops claims of an interrupted earlier run
+		return err
+	}
+	for key, e := range v1.Envs {
+		p, err := s.recordPath(key)
+		if err != nil {
+			return fmt.Errorf("convert state file %s: %w", old, err)
 		}
-		if delay < 5*time.Millisecond {
-			delay *= 2
+		if _, err := os.Lstat(p); err == nil {
+			continue // converted by an interrupted earlier run
+		}
+		if err := s.put(p, e); err != nil {
+			return fmt.Errorf("convert state file %s: %w", old, err)
 		}
 	}
-	return func() {
-		unix.Flock(int(f.Fd()), unix.LOCK_UN)
-		f.Close()
-	}, nil
+	if err := os.Rename(old, old+".v1"); err != nil {
+		return fmt.Errorf("convert state file %s: %w", old, err)
+	}
+	return syncDir(s.dir)
 }

@@ -105,7 +105,7 @@ func runDNSBench(ctx context.Context, env *Env) ([]Row, error) {
 	}, nil
 }
 
-// writeBenchZone writes the state file (for cilo), the same zone as a
+// writeBenchZone writes the state (for cilo), the same zone as a
 // hosts file (for dnsmasq) and the dnsperf query file: every service's
 // short and canonical name and every apex.
 func writeBenchZone(ctx context.Context, dir string) (queries, hosts string, err error) {
@@ -115,31 +115,27 @@ func writeBenchZone(ctx context.Context, dir string) (queries, hosts string, err
 	}
 	var hb, qb bytes.Buffer
 	created := time.Now().UTC()
-	err = store.Update(ctx, func(st *state.State) error {
-		for i := 0; i < benchEnvs; i++ {
-			name := fmt.Sprintf("env%03d", i)
-			// Record data only: nothing ever sends a packet to these.
-			sub := [4]byte{10, 251, byte(i), 0}
-			e := &state.Env{Project: "bench", Name: name, Status: state.StatusRunning, Index: i,
-				IP: netip.AddrFrom4([4]byte{10, 251, byte(i), 2}), CreatedAt: created}
-			for j := 0; j < benchServices; j++ {
-				sub[3] = byte(10 + j)
-				a := netip.AddrFrom4(sub)
-				svc := fmt.Sprintf("svc%d", j)
-				e.Services = append(e.Services, state.Service{Name: svc, Addrs: []netip.Addr{a}, Ingress: j == 0})
-				fmt.Fprintf(&hb, "%s %s.%s.%s %s.%s.bench.%s\n", a, svc, name, benchSuffix, svc, name, benchSuffix)
-				fmt.Fprintf(&qb, "%s.%s.%s A\n", svc, name, benchSuffix)
-				fmt.Fprintf(&qb, "%s.%s.bench.%s A\n", svc, name, benchSuffix)
-			}
-			ingress := e.Services[0].Addrs[0]
-			fmt.Fprintf(&hb, "%s bench.%s.%s %s.bench.%s\n", ingress, name, benchSuffix, name, benchSuffix)
-			fmt.Fprintf(&qb, "bench.%s.%s A\n", name, benchSuffix)
-			st.Envs[e.Key()] = e
+	for i := 0; i < benchEnvs; i++ {
+		name := fmt.Sprintf("env%03d", i)
+		// Record data only: nothing ever sends a packet to these.
+		sub := [4]byte{10, 251, byte(i), 0}
+		e := &state.Env{Project: "bench", Name: name, Status: state.StatusRunning, Index: i,
+			IP: netip.AddrFrom4([4]byte{10, 251, byte(i), 2}), CreatedAt: created}
+		for j := 0; j < benchServices; j++ {
+			sub[3] = byte(10 + j)
+			a := netip.AddrFrom4(sub)
+			svc := fmt.Sprintf("svc%d", j)
+			e.Services = append(e.Services, state.Service{Name: svc, Addrs: []netip.Addr{a}, Ingress: j == 0})
+			fmt.Fprintf(&hb, "%s %s.%s.%s %s.%s.bench.%s\n", a, svc, name, benchSuffix, svc, name, benchSuffix)
+			fmt.Fprintf(&qb, "%s.%s.%s A\n", svc, name, benchSuffix)
+			fmt.Fprintf(&qb, "%s.%s.bench.%s A\n", svc, name, benchSuffix)
 		}
-		return nil
-	})
-	if err != nil {
-		return "", "", err
+		ingress := e.Services[0].Addrs[0]
+		fmt.Fprintf(&hb, "%s bench.%s.%s %s.bench.%s\n", ingress, name, benchSuffix, name, benchSuffix)
+		fmt.Fprintf(&qb, "bench.%s.%s A\n", name, benchSuffix)
+		if _, err := store.Insert(ctx, e.Key(), func(func(int) bool) (*state.Env, error) { return e, nil }); err != nil {
+			return "", "", err
+		}
 	}
 	queries, hosts = filepath.Join(dir, "queries.txt"), filepath.Join(dir, "hosts")
 	if err := os.WriteFile(queries, qb.Bytes(), 0o644); err != nil {

@@ -20,15 +20,15 @@ func TestDoctorFixesInterruptedCreateAndOrphans(t *testing.T) {
 
 	// Rewrite the state as a cilo killed in the middle of creating
 	// "crashed" would have left it.
-	path := filepath.Join(w.root, "state", "state.json")
+	path := filepath.Join(w.root, "state", "envs", "demo-app.crashed.json")
 	b, err := os.ReadFile(path)
 	must(t, err)
-	var st map[string]any
-	must(t, json.Unmarshal(b, &st))
-	env := st["envs"].(map[string]any)["demo-app/crashed"].(map[string]any)
+	var rec map[string]any
+	must(t, json.Unmarshal(b, &rec))
+	env := rec["env"].(map[string]any)
 	env["status"] = "creating"
 	env["intent"] = map[string]any{"op": "create", "pid": 999999999, "started": "2026-01-01T00:00:00Z"}
-	b, _ = json.Marshal(st)
+	b, _ = json.Marshal(rec)
 	must(t, os.WriteFile(path, b, 0o644))
 
 	orphan := w.prefix + "-orphan-ns"
