@@ -71,9 +71,7 @@ func (n *Network) Link(i int, netnsName string) Link {
 // spares a dump of every link on hosts with hundreds of envs.
 func (n *Network) HostPrefixes() ([]netip.Prefix, error) {
 	pool := n.pool.Prefix()
-	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	})
+	routes, err := listRoutes(&netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, fmt.Errorf("list host routes: %w", err)
 	}
@@ -141,14 +139,13 @@ func (n *Network) EnsureHost(ctx context.Context) error {
 // replace, which the kernel serializes with every other route change.
 func (n *Network) ensurePoolRoute() error {
 	route := n.poolRoute()
-	have, err := retryDump(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_V4, route, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
-	})
+	ours, err := listRoutes(&netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: routeProtocol, Type: unix.RTN_UNREACHABLE},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TYPE)
 	if err != nil {
 		return fmt.Errorf("list routes of pool %s: %w", n.pool.Prefix(), err)
 	}
-	for _, r := range have {
-		if r.Type == unix.RTN_UNREACHABLE && r.Protocol == routeProtocol {
+	for _, r := range ours {
+		if r.Dst != nil && r.Dst.String() == route.Dst.String() {
 			return nil
 		}
 	}
@@ -369,6 +366,21 @@ func writeSysctl(path, value string) error {
 		return fmt.Errorf("set %s=%s: %w", strings.TrimPrefix(path, "/proc/sys/"), value, err)
 	}
 	return nil
+}
+
+// listRoutes dumps the IPv4 routes that match filter's fields in mask
+// (table, protocol, type). Strict checking lets the kernel do the
+// filtering, so on a host with hundreds of envs a create reads its table,
+// not every env's local routes; where the kernel lacks it, the same filter
+// runs in userspace.
+func listRoutes(filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	h.SetStrictCheck(true) // best effort, see above
+	return retryDump(func() ([]netlink.Route, error) { return h.RouteListFiltered(netlink.FAMILY_V4, filter, mask) })
 }
 
 // retryDump repeats a netlink dump that the kernel interrupted because the

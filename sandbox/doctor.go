@@ -58,6 +58,7 @@ func (m *Manager) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 	for _, e := range envs {
 		add(m.checkEnv(ctx, e, fix))
 	}
+	add(m.checkClaims(ctx, fix))
 	orphans, err := m.orphans(envs)
 	if err != nil {
 		add(Finding{Check: "orphans", Detail: err.Error()})
@@ -74,6 +75,23 @@ func (m *Manager) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 		add(Finding{Check: "orphans", OK: true, Detail: "no namespace or interface without an env"})
 	}
 	return out, nil
+}
+
+// checkClaims finds pool indexes still claimed by an env that a crash
+// removed only halfway.
+func (m *Manager) checkClaims(ctx context.Context, fix bool) Finding {
+	f := Finding{Check: "pool index claims"}
+	stale, err := m.store.PruneClaims(ctx, fix)
+	switch {
+	case err != nil:
+		f.Detail = err.Error()
+	case len(stale) == 0:
+		f.OK, f.Detail = true, "every claimed /24 belongs to an env"
+	default:
+		f.Detail = fmt.Sprintf("pool indexes %v are claimed by no env (left by an interrupted cilo)", stale)
+		f.Fixed = fix
+	}
+	return f
 }
 
 func kernelFinding() Finding {

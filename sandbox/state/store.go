@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -137,9 +138,9 @@ func (s *Store) Insert(ctx context.Context, key string, build func(used func(int
 }
 
 // put claims e's index and writes its record. The claim is made durable
-// first: a crash in between leaves a claim without a record, which the
-// next claims() removes, never a record without a claim, whose index
-// could be given twice.
+// first: a crash in between leaves a claim without a record, which only
+// holds an index until PruneClaims, never a record without a claim, whose
+// index could be given twice.
 func (s *Store) put(p string, e *Env) error {
 	claim := s.claimPath(e.Index)
 	if err := os.Symlink(filepath.Base(p), claim); err != nil {
@@ -219,35 +220,55 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// claims returns the pool indexes held by live envs, removing claims whose
-// record is gone (left by a crash between the two steps of put or Delete).
+// claims returns the pool indexes claimed, from the names in the claims
+// directory alone: one readdir, however many envs there are. A claim left
+// without a record by a crash keeps its index until PruneClaims.
 // The caller holds the lock.
 func (s *Store) claims() (map[int]bool, error) {
-	dir := filepath.Join(s.dir, claimsDir)
-	ents, err := os.ReadDir(dir)
+	ents, err := os.ReadDir(filepath.Join(s.dir, claimsDir))
 	if err != nil {
 		return nil, fmt.Errorf("read pool index claims: %w", err)
 	}
 	used := make(map[int]bool, len(ents))
 	for _, de := range ents {
-		i, err := strconv.Atoi(de.Name())
-		if err != nil {
-			continue
+		if i, err := strconv.Atoi(de.Name()); err == nil {
+			used[i] = true
 		}
-		claim := filepath.Join(dir, de.Name())
-		target, err := os.Readlink(claim)
+	}
+	return used, nil
+}
+
+// PruneClaims finds the claims whose record is gone, left by a crash
+// between the two steps of put or Delete, and with remove releases them.
+// It returns their indexes.
+func (s *Store) PruneClaims(ctx context.Context, remove bool) ([]int, error) {
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	used, err := s.claims()
+	if err != nil {
+		return nil, err
+	}
+	var stale []int
+	for i := range used {
+		target, err := os.Readlink(s.claimPath(i))
 		if err != nil {
 			return nil, fmt.Errorf("read pool index claim %d: %w", i, err)
 		}
-		if _, err := os.Lstat(filepath.Join(s.EnvsDir(), filepath.Base(target))); errors.Is(err, fs.ErrNotExist) {
-			if err := os.Remove(claim); err != nil {
-				return nil, fmt.Errorf("remove stale pool index claim %d: %w", i, err)
-			}
+		if _, err := os.Lstat(filepath.Join(s.EnvsDir(), filepath.Base(target))); !errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
-		used[i] = true
+		stale = append(stale, i)
+		if remove {
+			if err := os.Remove(s.claimPath(i)); err != nil {
+				return stale, fmt.Errorf("release stale pool index claim %d: %w", i, err)
+			}
+		}
 	}
-	return used, nil
+	slices.Sort(stale)
+	return stale, nil
 }
 
 func (s *Store) claimPath(i int) string {
@@ -418,9 +439,6 @@ func (s *Store) migrateV1(ctx context.Context) error {
 	if v1.Version != 1 {
 		return fmt.Errorf("state file %s has schema version %d, this cilo reads only version 1 files: upgrade cilo", old, v1.Version)
 	}
-	if _, err := s.claims(); err != nil { // drops claims of an interrupted earlier run
-		return err
-	}
 	for key, e := range v1.Envs {
 		p, err := s.recordPath(key)
 		if err != nil {
@@ -429,6 +447,7 @@ func (s *Store) migrateV1(ctx context.Context) error {
 		if _, err := os.Lstat(p); err == nil {
 			continue // converted by an interrupted earlier run
 		}
+		os.Remove(s.claimPath(e.Index)) // a claim from that run, without its record
 		if err := s.put(p, e); err != nil {
 			return fmt.Errorf("convert state file %s: %w", old, err)
 		}

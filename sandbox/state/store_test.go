@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -183,20 +184,40 @@ func TestDeleteReleasesIndex(t *testing.T) {
 	}
 }
 
-// TestStaleClaimIsReleased: a crash between claiming an index and writing
-// the record (or between removing a record and its claim) leaves a claim
-// with no record; the next insert takes the index back.
-func TestStaleClaimIsReleased(t *testing.T) {
+// TestPruneClaims: a crash between claiming an index and writing the
+// record (or between removing a record and its claim) leaves a claim with
+// no record; it holds its index until PruneClaims releases it.
+func TestPruneClaims(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := Open(dir)
+	ctx := context.Background()
 	if err := os.Symlink("p.gone.json", filepath.Join(dir, claimsDir, "0")); err != nil {
 		t.Fatal(err)
 	}
 	if err := insertLowest(s, "a"); err != nil {
 		t.Fatal(err)
 	}
-	if e, _ := s.Get(context.Background(), "p/a"); e == nil || e.Index != 0 {
-		t.Fatalf("got %+v, want index 0 back from the stale claim", e)
+	if e, _ := s.Get(ctx, "p/a"); e == nil || e.Index != 1 {
+		t.Fatalf("got %+v, want index 1 while 0 is claimed", e)
+	}
+	stale, err := s.PruneClaims(ctx, false)
+	if err != nil || !slices.Equal(stale, []int{0}) {
+		t.Fatalf("PruneClaims(dry run) = %v, %v; want [0]", stale, err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, claimsDir, "0")); err != nil {
+		t.Fatalf("dry run removed the claim: %v", err)
+	}
+	if stale, err := s.PruneClaims(ctx, true); err != nil || !slices.Equal(stale, []int{0}) {
+		t.Fatalf("PruneClaims = %v, %v; want [0]", stale, err)
+	}
+	if err := insertLowest(s, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s.Get(ctx, "p/b"); e == nil || e.Index != 0 {
+		t.Fatalf("got %+v, want index 0 back", e)
+	}
+	if stale, err := s.PruneClaims(ctx, true); err != nil || len(stale) != 0 {
+		t.Fatalf("PruneClaims with live envs only = %v, %v", stale, err)
 	}
 }
 

@@ -34,9 +34,12 @@ func TestDoctorFixesInterruptedCreateAndOrphans(t *testing.T) {
 	orphan := w.prefix + "-orphan-ns"
 	must(t, nsnet.CreateNetns(orphan))
 	t.Cleanup(func() { nsnet.DeleteNetns(orphan) })
+	// A destroy killed between removing the record and its index claim.
+	claim := filepath.Join(w.root, "state", "index", "200")
+	must(t, os.Symlink("demo-app.gone.json", claim))
 
 	out, err := w.cilo(context.Background(), "", "doctor")
-	if exitCode(err) != 1 || !strings.Contains(out, "interrupted create") || !strings.Contains(out, orphan) {
+	if exitCode(err) != 1 || !strings.Contains(out, "interrupted create") || !strings.Contains(out, orphan) || !strings.Contains(out, "[200] are claimed by no env") {
 		t.Fatalf("doctor: exit %d\n%s", exitCode(err), out)
 	}
 	if out, err := w.cilo(context.Background(), "", "run", "-e", "crashed", "--", "true"); err == nil || !strings.Contains(out, "doctor --fix") {
@@ -48,6 +51,9 @@ func TestDoctorFixesInterruptedCreateAndOrphans(t *testing.T) {
 	}
 	if nsnet.NetnsExists(orphan) {
 		t.Fatal("orphan namespace survived doctor --fix")
+	}
+	if _, err := os.Lstat(claim); err == nil {
+		t.Fatal("stale index claim survived doctor --fix")
 	}
 	var envs []envJSON
 	must(t, json.Unmarshal([]byte(w.mustCilo("list", "--json")), &envs))
