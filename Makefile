@@ -2,9 +2,12 @@
 # Every target that touches the kernel runs as root (sudo make ...).
 
 GO      ?= go
+# cilo is a small front: it runs commands in envs that are up by itself
+# and hands everything else to cilo-core, the CLI. cilo-compose is
+# cilo-core built with the compose engine (containerd client, compose-go);
+# cilo-core hands compose work to it so its own start stays fast.
 BIN     := bin/cilo
-# cilo-compose is cilo built with the compose engine (containerd client,
-# compose-go); cilo hands compose work to it so its own start stays fast.
+BIN_CORE := bin/cilo-core
 BIN_COMPOSE := bin/cilo-compose
 PKGS    := ./...
 FUZZTIME ?= 10s
@@ -14,8 +17,9 @@ FUZZTIME ?= 10s
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/cilo
-	$(GO) build -tags cilo_compose -o $(BIN_COMPOSE) ./cmd/cilo
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/cilo
+	CGO_ENABLED=0 $(GO) build -o $(BIN_CORE) ./cmd/cilo-core
+	CGO_ENABLED=0 $(GO) build -tags cilo_compose -o $(BIN_COMPOSE) ./cmd/cilo-core
 
 # setup installs the Debian packages and starts containerd (idempotent).
 setup:
@@ -25,7 +29,7 @@ setup:
 # containerd-backed ones included.
 test: setup build
 	$(GO) vet $(PKGS)
-	$(GO) vet -tags cilo_compose ./cmd/cilo
+	$(GO) vet -tags cilo_compose ./cmd/cilo-core
 	$(GO) test -count=1 -timeout 25m $(PKGS)
 
 bench: build
@@ -38,7 +42,7 @@ demo: setup build
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
-	$(GO) vet -tags cilo_compose ./cmd/cilo
+	$(GO) vet -tags cilo_compose ./cmd/cilo-core
 
 # fuzz runs every fuzz target for FUZZTIME.
 fuzz:

@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
 	"github.com/cilo-dev/cilo/sandbox/state"
 	testimages "github.com/cilo-dev/cilo/test/images"
 )
@@ -273,7 +274,7 @@ func getIn(netns string, dial func() (net.Conn, error), path string) (string, er
 	if netns == "" {
 		return body, get()
 	}
-	return body, nsnet.InNetns(netns, get)
+	return body, nsfs.Do(netns, get)
 }
 
 func tcp4(addr string) func() (net.Conn, error) {

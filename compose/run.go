@@ -27,6 +27,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -313,7 +314,7 @@ func (e *Engine) prepareReplica(ctx context.Context, c *containerd.Client, pl *p
 	switch {
 	case err == nil:
 		labels, lerr := ctr.Labels(ctx)
-		if lerr == nil && labels[labelHash] == hash && nsnet.NetnsExists(r.netns) {
+		if lerr == nil && labels[labelHash] == hash && nsfs.Exists(r.netns) {
 			return e.prepareTask(ctx, ctr, pl, s)
 		}
 		// Removing the old container removes its run files too.
@@ -334,13 +335,13 @@ func (e *Engine) prepareReplica(ctx context.Context, c *containerd.Client, pl *p
 	if err != nil {
 		return nil, err
 	}
-	if err := nsnet.CreateNetns(r.netns); err != nil {
+	if err := nsfs.Create(r.netns); err != nil {
 		return nil, fmt.Errorf("service %q: %w", s.Name, err)
 	}
 	link := n.Link(pl.env.Index, pl.env.Netns)
 	label := fmt.Sprintf("cilo:%s/%s/%s", pl.env.Project, pl.env.Name, r.id)
 	if err := n.Attach(ctx, link, r.netns, r.veth, r.addr, label); err != nil {
-		nsnet.DeleteNetns(r.netns)
+		nsfs.Delete(r.netns)
 		return nil, fmt.Errorf("service %q: %w", s.Name, err)
 	}
 	specOpts, err := e.specOpts(ctx, c, pl, s, r, img, rundir)
@@ -569,7 +570,7 @@ func (e *Engine) specOpts(ctx context.Context, c *containerd.Client, pl *plan, s
 		oci.WithProcessArgs(args...),
 		oci.WithEnv(env),
 		oci.WithHostname(hostnameOf(s)),
-		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsnet.NetnsPath(r.netns)}),
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsfs.Path(r.netns)}),
 		oci.WithMounts(mounts),
 	}
 	if s.WorkingDir != "" {
@@ -787,7 +788,7 @@ func (e *Engine) removeNetwork(ctx context.Context, netns, veth string) error {
 		errs = append(errs, n.Detach(ctx, veth))
 	}
 	if netns != "" {
-		errs = append(errs, nsnet.DeleteNetns(netns))
+		errs = append(errs, nsfs.Delete(netns))
 	}
 	return errors.Join(errs...)
 }
@@ -843,7 +844,7 @@ func (e *Engine) down(ctx context.Context, env *state.Env) error {
 		}()
 	}
 	wg.Wait()
-	if nsnet.NetnsExists(env.Netns) {
+	if nsfs.Exists(env.Netns) {
 		errs = append(errs, nsnet.SetPortForwards(env.Netns, nil))
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -10,7 +10,7 @@ import (
 )
 
 // Config is what the DNS daemon and its helpers need from cilo's
-// configuration. It holds plain values, not a sandbox.Config, because
+// configuration. It holds plain values, not a sandbox config.Config, because
 // sandbox imports this package (for [ResolvConf] and [Launcher]).
 type Config struct {
 	StateDir string // cilo's state directory (env records, log, init record)

@@ -1,6 +1,8 @@
 package nsnet
 
 import (
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
+
 	"context"
 	"errors"
 	"fmt"
@@ -187,7 +189,7 @@ func (n *Network) Create(ctx context.Context, l Link, label string) (err error) 
 			n.Delete(context.WithoutCancel(ctx), l)
 		}
 	}()
-	if err := CreateNetns(l.Netns); err != nil {
+	if err := nsfs.Create(l.Netns); err != nil {
 		return err
 	}
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: l.Bridge}}
@@ -220,7 +222,7 @@ func (n *Network) Attach(ctx context.Context, l Link, netnsName, hostVeth string
 }
 
 func (n *Network) attach(l Link, netnsName, hostVeth string, addr netip.Addr, label string) error {
-	ns, err := netns.GetFromPath(NetnsPath(netnsName))
+	ns, err := netns.GetFromPath(nsfs.Path(netnsName))
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", netnsName, err)
 	}
@@ -285,7 +287,7 @@ func (n *Network) Delete(ctx context.Context, l Link) error {
 	if err := deleteLink(l.HostVeth); err != nil {
 		errs = append(errs, err)
 	}
-	if err := DeleteNetns(l.Netns); err != nil {
+	if err := nsfs.Delete(l.Netns); err != nil {
 		errs = append(errs, err)
 	}
 	if err := deleteLink(l.Bridge); err != nil {
@@ -297,7 +299,7 @@ func (n *Network) Delete(ctx context.Context, l Link) error {
 // Exists reports whether the env's namespace and bridge are in place (after
 // a reboot they are not, and `cilo up` recreates them).
 func (n *Network) Exists(l Link) bool {
-	if !NetnsExists(l.Netns) {
+	if !nsfs.Exists(l.Netns) {
 		return false
 	}
 	// A stat of sysfs is much cheaper than a netlink round trip, and this
@@ -326,12 +328,12 @@ func (n *Network) Links() ([]string, error) {
 
 // Netnses lists the pinned namespaces whose name starts with prefix.
 func Netnses(prefix string) ([]string, error) {
-	ents, err := os.ReadDir(NetnsDir)
+	ents, err := os.ReadDir(nsfs.Dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", NetnsDir, err)
+		return nil, fmt.Errorf("list %s: %w", nsfs.Dir, err)
 	}
 	var out []string
 	for _, e := range ents {

@@ -1,6 +1,8 @@
 package nsnet
 
 import (
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
+
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -63,7 +65,7 @@ func createEnv(t *testing.T, n *Network, i int) Link {
 func listenIn(t *testing.T, l Link, addr, reply string) {
 	t.Helper()
 	var ln net.Listener
-	err := InNetns(l.Netns, func() (err error) {
+	err := nsfs.Do(l.Netns, func() (err error) {
 		ln, err = net.Listen("tcp4", addr)
 		return err
 	})
@@ -94,7 +96,7 @@ func dialFrom(netnsName, addr string) (string, error) {
 	if netnsName == "" {
 		err = dial()
 	} else {
-		err = InNetns(netnsName, dial)
+		err = nsfs.Do(netnsName, dial)
 	}
 	if err != nil {
 		return "", err
@@ -159,7 +161,7 @@ func TestDeleteLeavesNothing(t *testing.T) {
 	if err := n.Delete(context.Background(), l); err != nil {
 		t.Fatalf("second delete: %v", err)
 	}
-	if n.Exists(l) || NetnsExists(l.Netns) {
+	if n.Exists(l) || nsfs.Exists(l.Netns) {
 		t.Fatal("namespace survived delete")
 	}
 	for _, name := range []string{l.Bridge, l.HostVeth} {
@@ -220,10 +222,10 @@ func TestSameEnvNamespacesTalk(t *testing.T) {
 	a := createEnv(t, n, 0)
 	b := createEnv(t, n, 1)
 	svc := n.prefix + "-test-0-svc"
-	if err := CreateNetns(svc); err != nil {
+	if err := nsfs.Create(svc); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { DeleteNetns(svc) })
+	t.Cleanup(func() { nsfs.Delete(svc) })
 	veth := fmt.Sprintf("%ss0x10", n.prefix)
 	addr := n.pool.Host(0, 10)
 	if err := n.Attach(context.Background(), a, svc, veth, addr, "cilo-test"); err != nil {
@@ -257,10 +259,10 @@ func TestSameEnvNamespacesTalk(t *testing.T) {
 func TestNetnsAlongsideIproute2(t *testing.T) {
 	n := testNetwork(t)
 	ours, theirs := n.prefix+"-ours", n.prefix+"-iproute2"
-	if err := CreateNetns(ours); err != nil {
+	if err := nsfs.Create(ours); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { DeleteNetns(ours) })
+	t.Cleanup(func() { nsfs.Delete(ours) })
 	if out, err := exec.Command("ip", "netns", "add", theirs).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
@@ -268,10 +270,10 @@ func TestNetnsAlongsideIproute2(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "exec", ours, "true").CombinedOutput(); err != nil {
 		t.Fatalf("ip netns exec in cilo's namespace: %v: %s", err, out)
 	}
-	if err := DeleteNetns(ours); err != nil {
+	if err := nsfs.Delete(ours); err != nil {
 		t.Fatalf("delete after ip netns ran: %v", err)
 	}
-	if _, err := os.Stat(NetnsPath(ours)); err == nil {
+	if _, err := os.Stat(nsfs.Path(ours)); err == nil {
 		t.Fatal("namespace file survived delete")
 	}
 }

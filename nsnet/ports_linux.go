@@ -1,6 +1,8 @@
 package nsnet
 
 import (
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
+
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -70,13 +72,13 @@ func SetPortForwards(netnsName string, fwds []PortForward) error {
 	if err := CheckPortForwards(fwds); err != nil {
 		return err
 	}
-	f, err := os.Open(NetnsPath(netnsName))
+	f, err := os.Open(nsfs.Path(netnsName))
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", netnsName, err)
 	}
 	defer f.Close()
 	if len(fwds) > 0 {
-		err := InNetns(netnsName, func() error {
+		err := nsfs.Do(netnsName, func() error {
 			for _, dev := range []string{"all", "eth0"} {
 				p := filepath.Join("/proc/sys/net/ipv4/conf", dev, "route_localnet")
 				if err := writeSysctl(p, "1"); err != nil {
@@ -125,7 +127,7 @@ func SetPortForwards(netnsName string, fwds []PortForward) error {
 // PortForwards lists the forwards installed in the named namespace (for
 // tests, status and doctor).
 func PortForwards(netnsName string) ([]PortForward, error) {
-	f, err := os.Open(NetnsPath(netnsName))
+	f, err := os.Open(nsfs.Path(netnsName))
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", netnsName, err)
 	}

@@ -1,6 +1,8 @@
 package nsnet
 
 import (
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
+
 	"context"
 	"errors"
 	"fmt"
@@ -19,9 +21,9 @@ func serviceNetns(t *testing.T, n *Network, l Link, h int) (string, netip.Addr) 
 	addr := n.pool.Host(l.Index, h)
 	t.Cleanup(func() {
 		n.Detach(context.Background(), veth)
-		DeleteNetns(name)
+		nsfs.Delete(name)
 	})
-	if err := CreateNetns(name); err != nil {
+	if err := nsfs.Create(name); err != nil {
 		t.Fatal(err)
 	}
 	if err := n.Attach(context.Background(), l, name, veth, addr, "cilo-test:"+t.Name()); err != nil {
@@ -62,7 +64,7 @@ func TestSetPortForwards(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got string
-			err := InNetns(tt.env.Netns, func() error {
+			err := nsfs.Do(tt.env.Netns, func() error {
 				c, err := tt.dial()
 				if err != nil {
 					return err

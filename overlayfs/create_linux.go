@@ -489,7 +489,7 @@ func (m *Manager) Ensure(ctx context.Context, id string) (*Workspace, error) {
 	if err != nil {
 		return nil, err
 	}
-	if w.Mode != ModeOverlay || isOverlayMounted(w.Path) {
+	if InPlace(w.Path, w.Mode) {
 		ws := w.Workspace
 		return &ws, nil
 	}

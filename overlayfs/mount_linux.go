@@ -51,6 +51,13 @@ const overlaySuperMagic = 0x794c7630
 // isOverlayMounted reports whether an overlay is mounted at dir: dir is
 // an overlay and on another device than its parent (so a root that itself
 // lives on an overlay is not mistaken for a mount).
+// InPlace reports whether the workspace at path, made in mode, can be used
+// as it is: a copy always, an overlay once it is mounted ([Manager.Ensure]
+// mounts it). It reads no metadata, for the run path of an existing env.
+func InPlace(path string, mode Mode) bool {
+	return mode != ModeOverlay || isOverlayMounted(path)
+}
+
 func isOverlayMounted(dir string) bool {
 	var fs unix.Statfs_t
 	if err := unix.Statfs(dir, &fs); err != nil || fs.Type != overlaySuperMagic {

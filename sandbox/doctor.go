@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -169,7 +170,7 @@ func (m *Manager) orphans(envs []*state.Env) ([]orphan, error) {
 		}
 		if !owned {
 			name := ns
-			out = append(out, orphan{"namespace", name, func() error { return nsnet.DeleteNetns(name) }})
+			out = append(out, orphan{"namespace", name, func() error { return nsfs.Delete(name) }})
 		}
 	}
 	return out, nil

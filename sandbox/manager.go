@@ -18,7 +18,10 @@ import (
 	"time"
 
 	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
 	"github.com/cilo-dev/cilo/overlayfs"
+	"github.com/cilo-dev/cilo/sandbox/config"
+	"github.com/cilo-dev/cilo/sandbox/enter"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -62,7 +65,7 @@ type DNS interface {
 
 // Manager runs the lifecycle of environments.
 type Manager struct {
-	cfg   Config
+	cfg   config.Config
 	store *state.Store
 	net   *nsnet.Network
 	ws    Workspaces
@@ -89,7 +92,7 @@ func WithLogf(f func(string, ...any)) Opt { return func(m *Manager) { m.logf = f
 
 // New returns a Manager for cfg. It touches nothing but the state
 // directory.
-func New(cfg Config, opts ...Opt) (*Manager, error) {
+func New(cfg config.Config, opts ...Opt) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -125,7 +128,7 @@ func PrivilegeHint(err error) error {
 }
 
 // Config is the manager's configuration.
-func (m *Manager) Config() Config { return m.cfg }
+func (m *Manager) Config() config.Config { return m.cfg }
 
 // Store is the state store (the DNS server and doctor read it).
 func (m *Manager) Store() *state.Store { return m.store }
@@ -160,7 +163,7 @@ func (m *Manager) List(ctx context.Context, project string) ([]*state.Env, error
 }
 
 // WorkspaceRoot is where the overlayfs manager keeps bases and workspaces.
-func WorkspaceRoot(cfg Config) string { return filepath.Join(cfg.StateDir, "workspaces") }
+func WorkspaceRoot(cfg config.Config) string { return filepath.Join(cfg.StateDir, "workspaces") }
 
 // workspaceID names an env's workspace: "--" cannot occur in a normalised
 // project name, so the split is unambiguous.
@@ -179,8 +182,8 @@ func (m *Manager) label(env *state.Env) string { return "cilo:" + env.Key() }
 // and workspace. It records its intent first, so an interrupted create is
 // finished or undone by `cilo doctor --fix`; on error it removes what it
 // made.
-func (m *Manager) Create(ctx context.Context, p *Project, name string) (*state.Env, error) {
-	if err := ValidateEnvName(name); err != nil {
+func (m *Manager) Create(ctx context.Context, p *config.Project, name string) (*state.Env, error) {
+	if err := config.ValidateEnvName(name); err != nil {
 		return nil, err
 	}
 	if err := checkPrivilege(); err != nil {
@@ -214,7 +217,7 @@ func (m *Manager) ensureDNS(ctx context.Context) {
 
 // reserve records the env with status creating and its pool index, under
 // the state lock, so parallel creates never take the same subnet.
-func (m *Manager) reserve(ctx context.Context, p *Project, name string) (*state.Env, error) {
+func (m *Manager) reserve(ctx context.Context, p *config.Project, name string) (*state.Env, error) {
 	// The host's routes are read before taking the lock: envs created
 	// meanwhile are skipped by index, and the lock is held only for the
 	// state records.
@@ -249,7 +252,7 @@ func (m *Manager) reserve(ctx context.Context, p *Project, name string) (*state.
 	})
 }
 
-func (m *Manager) build(ctx context.Context, p *Project, env *state.Env) error {
+func (m *Manager) build(ctx context.Context, p *config.Project, env *state.Env) error {
 	if err := m.net.EnsureHost(ctx); err != nil {
 		return err
 	}
@@ -283,7 +286,7 @@ func (m *Manager) build(ctx context.Context, p *Project, env *state.Env) error {
 
 // Up brings env name to running: creates it if needed, restores its
 // network and workspace after a reboot, and starts its compose services.
-func (m *Manager) Up(ctx context.Context, p *Project, name string) (*state.Env, error) {
+func (m *Manager) Up(ctx context.Context, p *config.Project, name string) (*state.Env, error) {
 	env, err := m.ready(ctx, p, name)
 	if err != nil {
 		return nil, err
@@ -315,8 +318,8 @@ func (m *Manager) useComposeFiles(ctx context.Context, env *state.Env, files []s
 
 // ready returns the env with its network and workspace in place, creating
 // it when it does not exist and waiting when another cilo is creating it.
-func (m *Manager) ready(ctx context.Context, p *Project, name string) (*state.Env, error) {
-	if err := ValidateEnvName(name); err != nil {
+func (m *Manager) ready(ctx context.Context, p *config.Project, name string) (*state.Env, error) {
+	if err := config.ValidateEnvName(name); err != nil {
 		return nil, err
 	}
 	for {
@@ -348,6 +351,9 @@ func (m *Manager) ready(ctx context.Context, p *Project, name string) (*state.En
 // (same addresses, from the state), the workspace mount and the run
 // files. When everything is in place it costs a few stat calls.
 func (m *Manager) restore(ctx context.Context, env *state.Env) error {
+	if enter.Ready(m.cfg, env) {
+		return nil
+	}
 	l := m.link(env)
 	if !m.net.Exists(l) {
 		if err := checkPrivilege(); err != nil {
@@ -456,7 +462,7 @@ func (m *Manager) teardown(ctx context.Context, env *state.Env) error {
 			errs = append(errs, fmt.Errorf("remove services: %w", err))
 		}
 	}
-	if nsnet.NetnsExists(env.Netns) {
+	if nsfs.Exists(env.Netns) {
 		if err := killNetnsProcesses(ctx, env.Netns); err != nil {
 			errs = append(errs, err)
 		}
@@ -502,18 +508,18 @@ func (m *Manager) Env(ctx context.Context, dir, arg string) (*state.Env, error) 
 // project of dir, validating both.
 func (m *Manager) ParseEnvArg(dir, arg string) (project, name string, err error) {
 	if p, n, ok := strings.Cut(arg, "/"); ok {
-		if err := ValidateEnvName(p); err != nil {
+		if err := config.ValidateEnvName(p); err != nil {
 			return "", "", fmt.Errorf("project in %q: %w", arg, err)
 		}
-		if err := ValidateEnvName(n); err != nil {
+		if err := config.ValidateEnvName(n); err != nil {
 			return "", "", err
 		}
 		return p, n, nil
 	}
-	if err := ValidateEnvName(arg); err != nil {
+	if err := config.ValidateEnvName(arg); err != nil {
 		return "", "", err
 	}
-	p, err := FindProject(dir)
+	p, err := config.FindProject(dir)
 	if err != nil {
 		return "", "", err
 	}

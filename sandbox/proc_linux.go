@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
 )
 
 // checkPrivilege fails early, before anything is created, when cilo cannot
@@ -42,7 +42,7 @@ func processAlive(pid int) bool {
 // one: what `cilo run` started in the env and left running.
 func netnsProcesses(name string) ([]int, error) {
 	var want unix.Stat_t
-	if err := unix.Stat(nsnet.NetnsPath(name), &want); err != nil {
+	if err := unix.Stat(nsfs.Path(name), &want); err != nil {
 		return nil, fmt.Errorf("stat netns %s: %w", name, err)
 	}
 	ents, err := os.ReadDir("/proc")

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/cilo-dev/cilo/sandbox/enter"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -40,7 +41,7 @@ func hostsFile(env *state.Env, suffix string) []byte {
 	var b strings.Builder
 	b.WriteString("127.0.0.1\tlocalhost\n")
 	b.WriteString("::1\tip6-localhost ip6-loopback\n")
-	fmt.Fprintf(&b, "%s\t%s\n", env.IP, baseHost(env, suffix))
+	fmt.Fprintf(&b, "%s\t%s\n", env.IP, enter.BaseHost(env, suffix))
 	svcs := append([]state.Service(nil), env.Services...)
 	sort.Slice(svcs, func(i, j int) bool { return svcs[i].Name < svcs[j].Name })
 	for _, s := range svcs {
@@ -50,11 +51,6 @@ func hostsFile(env *state.Env, suffix string) []byte {
 		fmt.Fprintf(&b, "%s\t%s %s.%s.%s\n", s.Addrs[0], s.Name, s.Name, env.Name, suffix)
 	}
 	return []byte(b.String())
-}
-
-// baseHost is the host of CILO_BASE_URL: <project>.<env>.<suffix>.
-func baseHost(env *state.Env, suffix string) string {
-	return env.Project + "." + env.Name + "." + suffix
 }
 
 // writeFileAtomic replaces path with data unless it already holds exactly

@@ -22,11 +22,9 @@ step "containerd"
 ./scripts/ensure-containerd.sh
 
 step "build cilo"
-# cilo and cilo-compose (cilo with the compose engine, which cilo hands
-# compose work to), as make build does; quick when nothing changed.
-go build -o "$cilo" ./cmd/cilo
-go build -tags cilo_compose -o "$repo/bin/cilo-compose" ./cmd/cilo
-echo "$cilo $repo/bin/cilo-compose"
+# cilo, cilo-core and cilo-compose; quick when nothing changed.
+make -s build
+ls "$repo"/bin/cilo*
 
 step "build the example's images from examples/counter (static Go binaries, no registry)"
 imgdir=$(mktemp -d /tmp/cilo-demo-images.XXXXXX)

@@ -17,9 +17,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 
 	"github.com/cilo-dev/cilo/compose/files"
+	"github.com/cilo-dev/cilo/sandbox/config"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -84,7 +84,7 @@ func (c *Client) mayHaveServices(env *state.Env) bool {
 }
 
 func (c *Client) call(ctx context.Context, op string, env *state.Env) ([]state.Service, error) {
-	exe, err := Find()
+	exe, err := config.Program(Binary)
 	if err != nil {
 		return nil, err
 	}
@@ -108,18 +108,4 @@ func (c *Client) call(ctx context.Context, op string, env *state.Env) ([]state.S
 		return nil, fmt.Errorf("%s %s %s: %w", Binary, Command, op, runErr)
 	}
 	return resp.Services, nil
-}
-
-// Find locates cilo-compose: beside the running cilo, else on PATH.
-func Find() (string, error) {
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), Binary)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath(Binary); err == nil {
-		return p, nil
-	}
-	return "", fmt.Errorf("%s, which runs compose services, is neither beside cilo nor on PATH: install it with cilo (make build writes bin/%s)", Binary, Binary)
 }

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
 )
 
 // TestDoctorFixesInterruptedCreateAndOrphans plays a crash: an env whose
@@ -32,8 +32,8 @@ func TestDoctorFixesInterruptedCreateAndOrphans(t *testing.T) {
 	must(t, os.WriteFile(path, b, 0o644))
 
 	orphan := w.prefix + "-orphan-ns"
-	must(t, nsnet.CreateNetns(orphan))
-	t.Cleanup(func() { nsnet.DeleteNetns(orphan) })
+	must(t, nsfs.Create(orphan))
+	t.Cleanup(func() { nsfs.Delete(orphan) })
 	// A destroy killed between removing the record and its index claim.
 	claim := filepath.Join(w.root, "state", "index", "200")
 	must(t, os.Symlink("demo-app.gone.json", claim))
@@ -49,7 +49,7 @@ func TestDoctorFixesInterruptedCreateAndOrphans(t *testing.T) {
 	if out, err := w.cilo(context.Background(), "", "doctor"); err != nil {
 		t.Fatalf("doctor after --fix: %v\n%s", err, out)
 	}
-	if nsnet.NetnsExists(orphan) {
+	if nsfs.Exists(orphan) {
 		t.Fatal("orphan namespace survived doctor --fix")
 	}
 	if _, err := os.Lstat(claim); err == nil {

@@ -39,12 +39,15 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(dir, 0o755)
 	ciloBin = filepath.Join(dir, "cilo")
-	// cilo and, beside it, cilo-compose, as make build lays them out.
+	// cilo and, beside it, cilo-core and cilo-compose, as make build lays
+	// them out.
 	for _, b := range [][]string{
 		{"build", "-o", ciloBin, "github.com/cilo-dev/cilo/cmd/cilo"},
-		{"build", "-tags", "cilo_compose", "-o", filepath.Join(dir, "cilo-compose"), "github.com/cilo-dev/cilo/cmd/cilo"},
+		{"build", "-o", filepath.Join(dir, "cilo-core"), "github.com/cilo-dev/cilo/cmd/cilo-core"},
+		{"build", "-tags", "cilo_compose", "-o", filepath.Join(dir, "cilo-compose"), "github.com/cilo-dev/cilo/cmd/cilo-core"},
 	} {
 		build := exec.Command("go", b...)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "build cilo:", err)

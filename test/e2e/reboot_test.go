@@ -7,7 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
 )
 
 // TestRunRestoresEnvAfterReboot removes what a reboot removes (the
@@ -20,7 +20,7 @@ func TestRunRestoresEnvAfterReboot(t *testing.T) {
 
 	w.stopDNS()
 	must(t, syscall.Unmount(before.Workspace, syscall.MNT_DETACH))
-	must(t, nsnet.DeleteNetns(before.Netns))
+	must(t, nsfs.Delete(before.Netns))
 	br, err := netlink.LinkByName(w.prefix + "b0")
 	must(t, err)
 	must(t, netlink.LinkDel(br))

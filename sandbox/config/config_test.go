@@ -1,4 +1,4 @@
-package sandbox
+package config
 
 import (
 	"os"
@@ -25,7 +25,7 @@ func TestLoadConfigPrecedence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := LoadConfig(func(k string) string { return tt.env[k] })
+			c, err := Load(func(k string) string { return tt.env[k] })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,7 +55,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := DefaultConfig()
+			c := Default()
 			tt.edit(&c)
 			err := c.Validate()
 			if err == nil || !strings.Contains(err.Error(), tt.msg) {
@@ -63,7 +63,7 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
-	if _, err := LoadConfig(func(k string) string {
+	if _, err := Load(func(k string) string {
 		return map[string]string{"CILO_CONFIG": "/nonexistent/cilo.yml"}[k]
 	}); err == nil {
 		t.Fatal("a named config file that does not exist was accepted")
@@ -72,7 +72,7 @@ func TestConfigValidate(t *testing.T) {
 
 // TestEnvironRoundTrip: a child cilo given Environ() sees the same config.
 func TestEnvironRoundTrip(t *testing.T) {
-	c := DefaultConfig()
+	c := Default()
 	c.StateDir, c.RunDir, c.Prefix, c.DNSSuffix = "/srv/s", "/srv/r", "xy", "dev.local"
 	c.SetPool("10.40.0.0/14")
 	env := map[string]string{"CILO_CONFIG": "/dev/null"}
@@ -80,7 +80,7 @@ func TestEnvironRoundTrip(t *testing.T) {
 		k, v, _ := strings.Cut(kv, "=")
 		env[k] = v
 	}
-	got, err := LoadConfig(func(k string) string { return env[k] })
+	got, err := Load(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}

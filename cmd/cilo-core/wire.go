@@ -10,6 +10,7 @@ import (
 	"github.com/cilo-dev/cilo/dns"
 	"github.com/cilo-dev/cilo/overlayfs"
 	"github.com/cilo-dev/cilo/sandbox"
+	"github.com/cilo-dev/cilo/sandbox/config"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -71,19 +72,19 @@ func (a *app) envFromArg(cmd *cobra.Command, arg string) (*state.Env, error) {
 
 // managerForEnv is managerAndProject for a command about env name, which
 // must be valid before anything is looked up.
-func (a *app) managerForEnv(cmd *cobra.Command, name string) (*sandbox.Manager, *sandbox.Project, error) {
-	if err := sandbox.ValidateEnvName(name); err != nil {
+func (a *app) managerForEnv(cmd *cobra.Command, name string) (*sandbox.Manager, *config.Project, error) {
+	if err := config.ValidateEnvName(name); err != nil {
 		return nil, nil, usageError{err}
 	}
 	return a.managerAndProject(cmd)
 }
 
-func (a *app) managerAndProject(cmd *cobra.Command) (*sandbox.Manager, *sandbox.Project, error) {
+func (a *app) managerAndProject(cmd *cobra.Command) (*sandbox.Manager, *config.Project, error) {
 	m, err := a.manager()
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := sandbox.FindProject(".")
+	p, err := config.FindProject(".")
 	if err != nil {
 		return nil, nil, err
 	}

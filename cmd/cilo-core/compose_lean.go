@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilo-dev/cilo/compose/bridge"
 	"github.com/cilo-dev/cilo/sandbox"
+	"github.com/cilo-dev/cilo/sandbox/config"
 )
 
 // The cilo binary leaves compose work to cilo-compose (see package
@@ -31,7 +32,7 @@ func composeCommands(a *app) []*cobra.Command {
 			Short:              short,
 			DisableFlagParsing: true,
 			RunE: func(cmd *cobra.Command, args []string) error {
-				exe, err := bridge.Find()
+				exe, err := config.Program(bridge.Binary)
 				if err != nil {
 					return err
 				}

@@ -1,4 +1,8 @@
-package nsnet
+// Package nsfs pins network namespaces under /run/netns, as iproute2 does,
+// so that they outlive the process that made them, and enters them. It
+// needs nothing but system calls, so the run path of cilo can use it
+// without linking netlink or nftables.
+package nsfs
 
 import (
 	"errors"
@@ -11,21 +15,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NetnsDir is where named network namespaces are bind-mounted, as iproute2
+// Dir is where named network namespaces are bind-mounted, as iproute2
 // does, so that they outlive the process that made them and `ip netns`
 // lists them.
-const NetnsDir = "/run/netns"
+const Dir = "/run/netns"
 
-// NetnsPath is the bind mount of the named namespace.
-func NetnsPath(name string) string { return filepath.Join(NetnsDir, name) }
+// Path is the bind mount of the named namespace.
+func Path(name string) string { return filepath.Join(Dir, name) }
 
-// CreateNetns makes a new network namespace and pins it at NetnsPath(name).
+// Create makes a new network namespace and pins it at Path(name).
 // It fails if the name is taken.
-func CreateNetns(name string) error {
-	if err := sharedNetnsDir(); err != nil {
+func Create(name string) error {
+	if err := sharedDir(); err != nil {
 		return err
 	}
-	path := NetnsPath(name)
+	path := Path(name)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
 	if err != nil {
 		return fmt.Errorf("create netns %s: %w", name, err)
@@ -56,38 +60,38 @@ func CreateNetns(name string) error {
 	return nil
 }
 
-// sharedNetnsDir makes /run/netns a shared mount of itself, exactly as
+// sharedDir makes /run/netns a shared mount of itself, exactly as
 // iproute2 does before its first `ip netns add`. Were cilo to pin
 // namespaces on the plain directory, a later `ip netns` would bind the
 // directory over itself, hiding cilo's pins underneath where they can no
 // longer be unmounted or removed; and namespaces pinned here propagate into
 // the mount namespaces of processes run in envs.
-func sharedNetnsDir() error {
-	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", NetnsDir, err)
+func sharedDir() error {
+	if err := os.MkdirAll(Dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", Dir, err)
 	}
-	err := unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	err := unix.Mount("", Dir, "none", unix.MS_SHARED|unix.MS_REC, "")
 	if err == nil {
 		return nil
 	}
 	if !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("make %s a shared mount: %w", NetnsDir, err)
+		return fmt.Errorf("make %s a shared mount: %w", Dir, err)
 	}
 	// Not a mount point yet: bind it over itself, then share it.
-	if err := unix.Mount(NetnsDir, NetnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind %s over itself: %w", NetnsDir, err)
+	if err := unix.Mount(Dir, Dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s over itself: %w", Dir, err)
 	}
-	if err := unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("make %s a shared mount: %w", NetnsDir, err)
+	if err := unix.Mount("", Dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", Dir, err)
 	}
 	return nil
 }
 
-// DeleteNetns unpins the named namespace; the kernel frees it, and the veth
+// Delete unpins the named namespace; the kernel frees it, and the veth
 // ends inside it, once no process uses it. A missing namespace is not an
 // error.
-func DeleteNetns(name string) error {
-	path := NetnsPath(name)
+func Delete(name string) error {
+	path := Path(name)
 	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount netns %s: %w", name, err)
 	}
@@ -97,19 +101,19 @@ func DeleteNetns(name string) error {
 	return nil
 }
 
-// NetnsExists reports whether the named namespace is pinned.
-func NetnsExists(name string) bool {
+// Exists reports whether the named namespace is pinned.
+func Exists(name string) bool {
 	var st, parent unix.Statfs_t
-	if unix.Statfs(NetnsPath(name), &st) != nil || unix.Statfs(NetnsDir, &parent) != nil {
+	if unix.Statfs(Path(name), &st) != nil || unix.Statfs(Dir, &parent) != nil {
 		return false
 	}
 	return st.Type == unix.NSFS_MAGIC
 }
 
-// InNetns runs fn on a thread that has joined the named namespace. The
+// Do runs fn on a thread that has joined the named namespace. The
 // thread is retired afterwards rather than returned to the scheduler.
-func InNetns(name string, fn func() error) error {
-	f, err := os.Open(NetnsPath(name))
+func Do(name string, fn func() error) error {
+	f, err := os.Open(Path(name))
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", name, err)
 	}

@@ -1,4 +1,4 @@
-package sandbox
+package config
 
 import (
 	"errors"
@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -18,7 +19,7 @@ import (
 type Config struct {
 	StateDir            string       `yaml:"state_dir"`            // persistent state and workspaces
 	RunDir              string       `yaml:"run_dir"`              // runtime files (resolv.conf per env, pidfiles)
-	Pool                netip.Prefix `yaml:"-"`                    // env subnets are /24s of this (read as "pool" by LoadConfig)
+	Pool                netip.Prefix `yaml:"-"`                    // env subnets are /24s of this (read as "pool" by Load)
 	Prefix              string       `yaml:"prefix"`               // names of interfaces, namespaces and the nft table
 	DNSSuffix           string       `yaml:"dns_suffix"`           // envs answer as <service>.<env>.<suffix>
 	DNSAddr             string       `yaml:"dns_addr"`             // host listener of the DNS server
@@ -26,8 +27,8 @@ type Config struct {
 	ContainerdNamespace string       `yaml:"containerd_namespace"` // containerd namespace of cilo's containers
 }
 
-// DefaultConfig is what a user gets with no flags, variables or config file.
-func DefaultConfig() Config {
+// Default is what a user gets with no flags, variables or config file.
+func Default() Config {
 	return Config{
 		StateDir:            "/var/lib/cilo",
 		RunDir:              "/run/cilo",
@@ -56,18 +57,18 @@ var configEnv = []struct {
 	{"CILO_CONTAINERD_NAMESPACE", func(c *Config, v string) error { c.ContainerdNamespace = v; return nil }},
 }
 
-// DefaultConfigFile is read when CILO_CONFIG does not name another file.
-const DefaultConfigFile = "/etc/cilo/config.yml"
+// DefaultFile is read when CILO_CONFIG does not name another file.
+const DefaultFile = "/etc/cilo/config.yml"
 
-// LoadConfig builds the config from defaults, then the config file (CILO_CONFIG
+// Load builds the config from defaults, then the config file (CILO_CONFIG
 // or /etc/cilo/config.yml, if present), then the environment. Flags are
 // applied by the caller afterwards.
-func LoadConfig(getenv func(string) string) (Config, error) {
-	c := DefaultConfig()
+func Load(getenv func(string) string) (Config, error) {
+	c := Default()
 	file := getenv("CILO_CONFIG")
 	explicit := file != ""
 	if !explicit {
-		file = DefaultConfigFile
+		file = DefaultFile
 	}
 	b, err := os.ReadFile(file)
 	switch {
@@ -183,4 +184,20 @@ func (c Config) EnvRunDir(project, env string) string {
 func (c Config) DNSPort() int {
 	_, p, _ := splitHostPort(c.DNSAddr)
 	return int(p)
+}
+
+// Program locates one of cilo's programs (cilo-core, cilo-compose): beside
+// the running one, so that a build directory or an install prefix is
+// self-contained, else on PATH.
+func Program(name string) (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s is neither beside cilo nor on PATH: install it with cilo (make build writes bin/%s)", name, name)
 }

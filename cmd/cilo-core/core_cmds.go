@@ -12,6 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cilo-dev/cilo/sandbox"
+	"github.com/cilo-dev/cilo/sandbox/config"
+	"github.com/cilo-dev/cilo/sandbox/enter"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -58,7 +60,7 @@ The command's exit status is cilo's exit status.`,
 				if err != nil {
 					return usageError{err}
 				}
-				if name, err = sandbox.BranchEnvName(branch); err != nil {
+				if name, err = config.BranchEnvName(branch); err != nil {
 					return usageError{err}
 				}
 				argv = args
@@ -67,7 +69,7 @@ The command's exit status is cilo's exit status.`,
 			default:
 				name, argv = args[1], append([]string{args[0]}, args[2:]...)
 			}
-			if err := sandbox.ValidateEnvName(name); err != nil {
+			if err := config.ValidateEnvName(name); err != nil {
 				return usageError{err}
 			}
 			return a.runInEnv(cmd, m, p, name, argv, rm)
@@ -92,7 +94,7 @@ func (c *composeFlags) register(cmd *cobra.Command) {
 
 // apply hands the flags on: files become the project's compose files,
 // profiles the COMPOSE_PROFILES the compose engine reads.
-func (c *composeFlags) apply(p *sandbox.Project) error {
+func (c *composeFlags) apply(p *config.Project) error {
 	if len(c.files) > 0 {
 		if err := p.SetComposeFiles(c.files); err != nil {
 			return usageError{err}
@@ -185,7 +187,7 @@ func newDestroyCmd(a *app) *cobra.Command {
 			type target struct{ project, name string }
 			var targets []target
 			if all {
-				p, err := sandbox.FindProject(".")
+				p, err := config.FindProject(".")
 				if err != nil {
 					return err
 				}
@@ -267,7 +269,7 @@ func newListCmd(a *app) *cobra.Command {
 			}
 			project := ""
 			if !all {
-				p, err := sandbox.FindProject(".")
+				p, err := config.FindProject(".")
 				if err != nil {
 					return err
 				}
@@ -404,13 +406,13 @@ func newShellCmd(a *app) *cobra.Command {
 
 // runInEnv runs argv in env name with the caller's terminal, environment
 // and working directory, as the sudo caller when there is one.
-func (a *app) runInEnv(cmd *cobra.Command, m *sandbox.Manager, p *sandbox.Project, name string, argv []string, rm bool) error {
-	cred, err := sandbox.SudoCredential(os.Getenv)
+func (a *app) runInEnv(cmd *cobra.Command, m *sandbox.Manager, p *config.Project, name string, argv []string, rm bool) error {
+	cred, err := enter.SudoCredential(os.Getenv)
 	if err != nil {
 		return err
 	}
 	wd, _ := os.Getwd()
-	code, err := m.Run(cmd.Context(), p, name, sandbox.RunRequest{
+	code, err := m.Run(cmd.Context(), p, name, enter.Request{
 		Argv: argv, Dir: wd, Env: os.Environ(), User: cred, Rm: rm,
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 	})
@@ -483,7 +485,7 @@ func (a *app) status(s state.Status) string {
 
 // envErr turns a bad env name into a usage error.
 func (a *app) envErr(err error) error {
-	if errors.Is(err, sandbox.ErrInvalidName) {
+	if errors.Is(err, config.ErrInvalidName) {
 		return usageError{err}
 	}
 	return err

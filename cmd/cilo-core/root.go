@@ -9,13 +9,13 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cilo-dev/cilo/sandbox"
+	"github.com/cilo-dev/cilo/sandbox/config"
 )
 
 // app is what every command shares: the resolved configuration and the
 // streams, so tests can swap them.
 type app struct {
-	cfg    sandbox.Config
+	cfg    config.Config
 	stdout io.Writer
 	stderr io.Writer
 	stdin  io.Reader
@@ -57,7 +57,7 @@ several agents, test suites or CI jobs can work on one repository at once.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := sandbox.LoadConfig(os.Getenv)
+			cfg, err := config.Load(os.Getenv)
 			if err != nil {
 				return usageError{err}
 			}

@@ -1,4 +1,10 @@
-package sandbox
+// Package enter runs a command inside an env that is up: in the env's
+// network namespace and a private mount namespace holding its resolv.conf
+// and hosts, in its workspace, with the CILO_* variables set. It links
+// only the config, the state records and system calls, so that cilo's
+// front program can take the run path of an existing env without loading
+// the rest of cilo.
+package enter
 
 import (
 	"context"
@@ -17,12 +23,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
+	"github.com/cilo-dev/cilo/overlayfs"
+	"github.com/cilo-dev/cilo/sandbox/config"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
-// RunRequest is a command to run inside an env.
-type RunRequest struct {
+// Request is a command to run inside an env.
+type Request struct {
 	Argv []string
 	// Dir is the caller's working directory; when it lies inside the
 	// project, the command starts in the same place inside the workspace.
@@ -75,41 +83,47 @@ func SudoCredential(getenv func(string) string) (*Credential, error) {
 	return c, nil
 }
 
-// Run runs a command inside env name of project, creating the env and
-// starting its services first when needed, and returns the command's exit
-// status (128+N when a signal N ended it).
-func (m *Manager) Run(ctx context.Context, p *Project, name string, req RunRequest) (code int, err error) {
-	if len(req.Argv) == 0 {
-		return 0, errors.New("no command to run")
+// Ready reports whether env can be entered as it is: its namespace pinned,
+// its bridge present, its workspace in place and its run files written.
+// After a reboot it is not, and the lifecycle (sandbox) puts back what is
+// missing; the front program hands such envs to it.
+func Ready(cfg config.Config, env *state.Env) bool {
+	if env.Workspace == "" || !nsfs.Exists(env.Netns) {
+		return false
 	}
-	env, err := m.Up(ctx, p, name)
-	if err != nil {
-		return 0, err
+	if _, err := os.Stat("/sys/class/net/" + env.Bridge); err != nil {
+		return false
 	}
-	if req.Rm {
-		defer func() {
-			if derr := m.Destroy(context.WithoutCancel(ctx), env.Project, env.Name); derr != nil {
-				err = errors.Join(err, fmt.Errorf("remove env after --rm: %w", derr))
-			}
-		}()
+	if !overlayfs.InPlace(env.Workspace, overlayfs.Mode(env.WorkspaceMode)) {
+		return false
 	}
-	return m.Exec(ctx, env, p.Root, req)
+	for _, f := range runFiles {
+		if _, err := os.Stat(filepath.Join(cfg.EnvRunDir(env.Project, env.Name), f)); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
-// Exec runs the command in an env that is up. Unless req.Rm asks cilo to
-// outlive the command, cilo replaces itself with the command, as `ip netns
-// exec` does: signals, the terminal and the exit status are the command's
-// own, and nothing is left in between. With req.Rm cilo starts the command
-// as its child, forwards signals to it and returns its status.
-func (m *Manager) Exec(ctx context.Context, env *state.Env, sourceRoot string, req RunRequest) (int, error) {
+// runFiles are the env's own versions of these files of /etc, written by
+// the lifecycle into the env's run directory and bound over /etc.
+var runFiles = [...]string{"resolv.conf", "hosts"}
+
+// Run runs the command in an env that is up (see [Ready]). Unless req.Rm
+// asks cilo to outlive the command, cilo replaces itself with the command,
+// as `ip netns exec` does: signals, the terminal and the exit status are
+// the command's own, and nothing is left in between; Run returns only on
+// failure. With req.Rm cilo starts the command as its child, forwards
+// signals to it and returns its status (128+N when a signal N ended it).
+func Run(ctx context.Context, cfg config.Config, env *state.Env, sourceRoot string, req Request) (int, error) {
 	path, err := exec.LookPath(req.Argv[0])
 	if err != nil {
 		return 127, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
 	}
 	dir := workDir(env.Workspace, sourceRoot, req.Dir)
-	vars := m.commandEnv(env, req)
+	vars := commandEnv(cfg, env, req)
 	if !req.Rm {
-		err := m.inEnv(env, func() error {
+		err := inEnv(cfg, env, func() error {
 			if err := unix.Chdir(dir); err != nil {
 				return fmt.Errorf("enter workspace %s: %w", dir, err)
 			}
@@ -154,7 +168,7 @@ func (m *Manager) Exec(ctx context.Context, env *state.Env, sourceRoot string, r
 	signal.Notify(sigc, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
 	defer signal.Stop(sigc)
 
-	if err := m.inEnv(env, cmd.Start); err != nil {
+	if err := inEnv(cfg, env, cmd.Start); err != nil {
 		return 126, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
 	}
 	done := make(chan struct{})
@@ -190,13 +204,13 @@ func (m *Manager) Exec(ctx context.Context, env *state.Env, sourceRoot string, r
 // a private mount namespace holding the env's resolv.conf and hosts, as
 // `ip netns exec` does. A child started or a program exec'd by fn inherits
 // both. The thread is retired afterwards, never reused by the scheduler.
-func (m *Manager) inEnv(env *state.Env, fn func() error) error {
-	nsf, err := os.Open(nsnet.NetnsPath(env.Netns))
+func inEnv(cfg config.Config, env *state.Env, fn func() error) error {
+	nsf, err := os.Open(nsfs.Path(env.Netns))
 	if err != nil {
 		return fmt.Errorf("open netns of env %q: %w", env.Name, err)
 	}
 	defer nsf.Close()
-	runDir := m.cfg.EnvRunDir(env.Project, env.Name)
+	runDir := cfg.EnvRunDir(env.Project, env.Name)
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -210,7 +224,7 @@ func (m *Manager) inEnv(env *state.Env, fn func() error) error {
 			if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
 				return fmt.Errorf("make mounts private: %w", err)
 			}
-			for _, f := range []string{"resolv.conf", "hosts"} {
+			for _, f := range runFiles {
 				err := unix.Mount(filepath.Join(runDir, f), filepath.Join("/etc", f), "", unix.MS_BIND, "")
 				if err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return fmt.Errorf("bind env's %s over /etc/%s: %w", f, f, err)
@@ -227,13 +241,13 @@ func (m *Manager) inEnv(env *state.Env, fn func() error) error {
 	return <-errc
 }
 
-func (m *Manager) commandEnv(env *state.Env, req RunRequest) []string {
+func commandEnv(cfg config.Config, env *state.Env, req Request) []string {
 	vars := map[string]string{
 		"CILO_ENV":        env.Name,
 		"CILO_PROJECT":    env.Project,
 		"CILO_WORKSPACE":  env.Workspace,
-		"CILO_BASE_URL":   "http://" + baseHost(env, m.cfg.DNSSuffix),
-		"CILO_DNS_SUFFIX": m.cfg.DNSSuffix,
+		"CILO_BASE_URL":   "http://" + BaseHost(env, cfg.DNSSuffix),
+		"CILO_DNS_SUFFIX": cfg.DNSSuffix,
 		"CILO_IP":         env.IP.String(),
 		"CILO_MODE":       "netns",
 	}
@@ -276,4 +290,9 @@ func workDir(workspace, sourceRoot, dir string) string {
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// BaseHost is the host of CILO_BASE_URL: <project>.<env>.<suffix>.
+func BaseHost(env *state.Env, suffix string) string {
+	return env.Project + "." + env.Name + "." + suffix
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cilo-dev/cilo/dns"
-	"github.com/cilo-dev/cilo/sandbox"
+	"github.com/cilo-dev/cilo/sandbox/config"
 )
 
 // dnsCommands are the dns area's commands.
@@ -27,7 +27,7 @@ func dnsCommands(a *app) []*cobra.Command {
 
 // dnsConfig is the dns package's view of cilo's config.
 // CILO_DNS_UPSTREAMS, when set, reaches a daemon started on demand too.
-func dnsConfig(c sandbox.Config) dns.Config {
+func dnsConfig(c config.Config) dns.Config {
 	cfg := dns.Config{StateDir: c.StateDir, RunDir: c.RunDir, Addr: c.DNSAddr, Suffix: c.DNSSuffix}
 	if v := os.Getenv(dns.UpstreamsEnv); v != "" {
 		cfg.Upstreams = strings.Split(v, ",")
