@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -23,6 +24,9 @@ import (
 
 // core is the program that implements every command.
 const core = "cilo-core"
+
+// The fast path enters the env from the main thread (see enter.Exec).
+func init() { runtime.LockOSThread() }
 
 func main() {
 	args := os.Args[1:]
@@ -55,8 +59,9 @@ func parseRun(args []string) (env string, argv []string, ok bool) {
 // runInEnvThatIsUp replaces cilo with argv inside env name of the current
 // project when that env is up and has nothing for cilo-core to do: no
 // compose services to start or check, nothing to restore, no operation in
-// progress. It returns when it does not apply, and when it fails, so that
-// cilo-core takes over and reports what is wrong.
+// progress. It returns when it does not apply, or when something fails
+// before the env is entered, so that cilo-core takes over and reports
+// what is wrong.
 func runInEnvThatIsUp(ctx context.Context, name string, argv []string) {
 	if config.ValidateEnvName(name) != nil {
 		return
@@ -85,10 +90,15 @@ func runInEnvThatIsUp(ctx context.Context, name string, argv []string) {
 		return
 	}
 	wd, _ := os.Getwd()
-	enter.Run(ctx, cfg, env, p.Root, enter.Request{
-		Argv: argv, Dir: wd, Env: os.Environ(), User: user,
-		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
-	})
+	c, err := enter.Prepare(cfg, env, p.Root, enter.Request{Argv: argv, Dir: wd, Env: os.Environ(), User: user})
+	if err != nil {
+		return
+	}
+	// From here the main thread may be inside the env: a failure is
+	// reported here, as cilo-core reports it, not handed over.
+	err = c.Exec()
+	fmt.Fprintf(os.Stderr, "cilo: %v\n", err)
+	os.Exit(126)
 }
 
 // handOver replaces cilo with cilo-core, same arguments, same environment.

@@ -116,44 +116,19 @@ var runFiles = [...]string{"resolv.conf", "hosts"}
 // failure. With req.Rm cilo starts the command as its child, forwards
 // signals to it and returns its status (128+N when a signal N ended it).
 func Run(ctx context.Context, cfg config.Config, env *state.Env, sourceRoot string, req Request) (int, error) {
-	path, err := exec.LookPath(req.Argv[0])
+	c, err := Prepare(cfg, env, sourceRoot, req)
 	if err != nil {
-		return 127, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
+		return 127, err
 	}
-	dir := workDir(env.Workspace, sourceRoot, req.Dir)
-	vars := commandEnv(cfg, env, req)
 	if !req.Rm {
-		err := inEnv(cfg, env, func() error {
-			if err := unix.Chdir(dir); err != nil {
-				return fmt.Errorf("enter workspace %s: %w", dir, err)
-			}
-			if u := req.User; u != nil {
-				// Per-thread credential calls are enough: only
-				// this thread survives the exec.
-				groups := make([]int, len(u.Groups))
-				for i, g := range u.Groups {
-					groups[i] = int(g)
-				}
-				if err := unix.Setgroups(groups); err != nil {
-					return fmt.Errorf("set groups of %s: %w", u.Name, err)
-				}
-				if err := unix.Setresgid(int(u.GID), int(u.GID), int(u.GID)); err != nil {
-					return fmt.Errorf("set gid %d: %w", u.GID, err)
-				}
-				if err := unix.Setresuid(int(u.UID), int(u.UID), int(u.UID)); err != nil {
-					return fmt.Errorf("set uid %d: %w", u.UID, err)
-				}
-			}
-			return unix.Exec(path, req.Argv, vars)
-		})
-		return 126, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
+		return 126, onLockedThread(c.Exec)
 	}
 
 	cmd := &exec.Cmd{
-		Path:   path,
+		Path:   c.path,
 		Args:   req.Argv,
-		Dir:    dir,
-		Env:    vars,
+		Dir:    c.dir,
+		Env:    c.vars,
 		Stdin:  req.Stdin,
 		Stdout: req.Stdout,
 		Stderr: req.Stderr,
@@ -168,7 +143,13 @@ func Run(ctx context.Context, cfg config.Config, env *state.Env, sourceRoot stri
 	signal.Notify(sigc, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2)
 	defer signal.Stop(sigc)
 
-	if err := inEnv(cfg, env, cmd.Start); err != nil {
+	err = onLockedThread(func() error {
+		if err := c.enter(); err != nil {
+			return err
+		}
+		return cmd.Start()
+	})
+	if err != nil {
 		return 126, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
 	}
 	done := make(chan struct{})
@@ -200,43 +181,115 @@ func Run(ctx context.Context, cfg config.Config, env *state.Env, sourceRoot stri
 	return ws.ExitStatus(), nil
 }
 
-// inEnv runs fn on a thread that has joined the env's network namespace and
-// a private mount namespace holding the env's resolv.conf and hosts, as
-// `ip netns exec` does. A child started or a program exec'd by fn inherits
-// both. The thread is retired afterwards, never reused by the scheduler.
-func inEnv(cfg config.Config, env *state.Env, fn func() error) error {
-	nsf, err := os.Open(nsfs.Path(env.Netns))
+// Command is a command ready to run in an env.
+type Command struct {
+	cfg  config.Config
+	env  *state.Env
+	argv []string
+	path string   // the program, found on the caller's PATH
+	dir  string   // where it starts in the workspace
+	vars []string // its environment
+	user *Credential
+}
+
+// Prepare resolves what req needs before anything changes: the program on
+// PATH, the directory in the workspace and the environment.
+func Prepare(cfg config.Config, env *state.Env, sourceRoot string, req Request) (*Command, error) {
+	if len(req.Argv) == 0 {
+		return nil, errors.New("no command to run")
+	}
+	path, err := exec.LookPath(req.Argv[0])
 	if err != nil {
-		return fmt.Errorf("open netns of env %q: %w", env.Name, err)
+		return nil, fmt.Errorf("run %s in env %q: %w", req.Argv[0], env.Name, err)
+	}
+	return &Command{
+		cfg: cfg, env: env, argv: req.Argv, path: path, user: req.User,
+		dir:  workDir(env.Workspace, sourceRoot, req.Dir),
+		vars: commandEnv(cfg, env, req),
+	}, nil
+}
+
+// Exec replaces the process with the command, entering the env from the
+// calling thread, which the caller must have locked
+// (runtime.LockOSThread). It returns only on failure, and then the thread
+// may be inside the env's namespaces: the caller must not use it for
+// anything but exiting. cilo's front calls it from its main thread, which
+// spares it a thread; Run calls it from a fresh one.
+func (c *Command) Exec() error {
+	err := c.enter()
+	if err == nil {
+		err = c.become()
+	}
+	return fmt.Errorf("run %s in env %q: %w", c.argv[0], c.env.Name, err)
+}
+
+// become finishes the exec from a thread inside the env: workspace
+// directory, the sudo user's credentials, then the program.
+func (c *Command) become() error {
+	if err := unix.Chdir(c.dir); err != nil {
+		return fmt.Errorf("enter workspace %s: %w", c.dir, err)
+	}
+	if u := c.user; u != nil {
+		// Per-thread credential calls are enough: only this thread
+		// survives the exec.
+		groups := make([]int, len(u.Groups))
+		for i, g := range u.Groups {
+			groups[i] = int(g)
+		}
+		if err := unix.Setgroups(groups); err != nil {
+			return fmt.Errorf("set groups of %s: %w", u.Name, err)
+		}
+		if err := unix.Setresgid(int(u.GID), int(u.GID), int(u.GID)); err != nil {
+			return fmt.Errorf("set gid %d: %w", u.GID, err)
+		}
+		if err := unix.Setresuid(int(u.UID), int(u.UID), int(u.UID)); err != nil {
+			return fmt.Errorf("set uid %d: %w", u.UID, err)
+		}
+	}
+	return unix.Exec(c.path, c.argv, c.vars)
+}
+
+// enter moves the calling thread into the env's network namespace and a
+// private mount namespace holding the env's resolv.conf and hosts, as `ip
+// netns exec` does. A child started or a program exec'd from the thread
+// inherits both.
+func (c *Command) enter() error {
+	nsf, err := os.Open(nsfs.Path(c.env.Netns))
+	if err != nil {
+		return fmt.Errorf("open netns of env %q: %w", c.env.Name, err)
 	}
 	defer nsf.Close()
-	runDir := cfg.EnvRunDir(env.Project, env.Name)
+	if err := unix.Setns(int(nsf.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("enter netns: %w", err)
+	}
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("unshare mount namespace: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	runDir := c.cfg.EnvRunDir(c.env.Project, c.env.Name)
+	for _, f := range runFiles {
+		err := unix.Mount(filepath.Join(runDir, f), filepath.Join("/etc", f), "", unix.MS_BIND, "")
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("bind env's %s over /etc/%s: %w", f, f, err)
+		}
+	}
+	// /sys/class/net should show the env's interfaces, as under ip netns
+	// exec; a host without sysfs keeps the old.
+	if unix.Unmount("/sys", unix.MNT_DETACH) == nil {
+		unix.Mount(c.env.Netns, "/sys", "sysfs", 0, "")
+	}
+	return nil
+}
+
+// onLockedThread runs fn on a fresh thread that is retired afterwards,
+// never handed back to the scheduler in the env's namespaces.
+func onLockedThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		errc <- func() error {
-			if err := unix.Setns(int(nsf.Fd()), unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("enter netns: %w", err)
-			}
-			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-				return fmt.Errorf("unshare mount namespace: %w", err)
-			}
-			if err := unix.Mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
-				return fmt.Errorf("make mounts private: %w", err)
-			}
-			for _, f := range runFiles {
-				err := unix.Mount(filepath.Join(runDir, f), filepath.Join("/etc", f), "", unix.MS_BIND, "")
-				if err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("bind env's %s over /etc/%s: %w", f, f, err)
-				}
-			}
-			// /sys/class/net should show the env's interfaces, as
-			// under ip netns exec; a host without sysfs keeps the old.
-			if unix.Unmount("/sys", unix.MNT_DETACH) == nil {
-				unix.Mount(env.Netns, "/sys", "sysfs", 0, "")
-			}
-			return fn()
-		}()
+		errc <- fn()
 	}()
 	return <-errc
 }
