@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilo-dev/cilo/nsnet"
@@ -202,6 +203,37 @@ func (m *Manager) Create(ctx context.Context, p *config.Project, name string) (*
 	}
 	m.ensureDNS(ctx)
 	return env, nil
+}
+
+// CreateAll creates the named envs of p side by side and calls done, one
+// call at a time, as each is made or fails. Names are checked first: a bad
+// or repeated name creates nothing. One process making many envs pays its
+// start and the host set-up once, and their kernel work overlaps.
+func (m *Manager) CreateAll(ctx context.Context, p *config.Project, names []string, done func(name string, env *state.Env, err error)) error {
+	seen := map[string]bool{}
+	for _, n := range names {
+		if err := config.ValidateEnvName(n); err != nil {
+			return err
+		}
+		if seen[n] {
+			return fmt.Errorf("env %q named twice", n)
+		}
+		seen[n] = true
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			env, err := m.Create(ctx, p, n)
+			mu.Lock()
+			defer mu.Unlock()
+			done(n, env, err)
+		}()
+	}
+	wg.Wait()
+	return nil
 }
 
 // ensureDNS starts the DNS server if it is not running. An env without

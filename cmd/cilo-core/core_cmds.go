@@ -108,20 +108,31 @@ func (c *composeFlags) apply(p *config.Project) error {
 
 func newCreateCmd(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:   "create <env>",
-		Short: "Create an env: its address, network namespace and workspace",
-		Args:  cobra.ExactArgs(1),
+		Use:   "create <env>...",
+		Short: "Create envs: each its address, network namespace and workspace",
+		Long: `Create envs of the current project. Several envs are made side by side, and
+each is reported as soon as it is ready; a failed one leaves nothing behind
+and does not stop the others.`,
+		Example: `  cilo create agent-1
+  cilo create agent-1 agent-2 agent-3`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, p, err := a.managerForEnv(cmd, args[0])
 			if err != nil {
 				return err
 			}
-			env, err := m.Create(cmd.Context(), p, args[0])
+			var failed []error
+			err = m.CreateAll(cmd.Context(), p, args, func(name string, env *state.Env, err error) {
+				if err != nil {
+					failed = append(failed, err)
+					return
+				}
+				fmt.Fprintf(a.stdout, "created %s (%s) at %s\n", env.Name, env.IP, env.Workspace)
+			})
 			if err != nil {
-				return err
+				return usageError{err}
 			}
-			fmt.Fprintf(a.stdout, "created %s (%s) at %s\n", env.Name, env.IP, env.Workspace)
-			return nil
+			return errors.Join(failed...)
 		},
 	}
 }

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,15 +19,16 @@ import (
 const (
 	envsDir   = "envs"       // one record per env: <project>.<name>.json
 	claimsDir = "index"      // one symlink per pool index, to the record holding it
-	lockName  = "state.lock" // flock taken by every change
+	lockName  = "state.lock" // flock around replacing or removing a record
 	v1File    = "state.json" // schema 1: every env in one file
 )
 
 // Store is the state in one directory: a record file per env, so that a
 // change costs the same with 250 envs as with one. It is safe for
-// concurrent use by goroutines and by separate processes: every change
-// takes an exclusive flock on a lock file beside the records, and holds it
-// only for the few files that change.
+// concurrent use by goroutines and by separate processes: creating a
+// record needs no lock (links and claims fail when taken), and replacing
+// or removing one takes an exclusive flock on a lock file beside the
+// records only for a compare and a rename or unlink.
 type Store struct {
 	dir string
 }
@@ -77,7 +79,7 @@ func (s *Store) Read(ctx context.Context) (*State, error) {
 		if !IsRecord(de.Name()) {
 			continue
 		}
-		e, err := readRecord(filepath.Join(s.EnvsDir(), de.Name()))
+		e, _, err := readRecord(filepath.Join(s.EnvsDir(), de.Name()))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // destroyed since the listing
 		}
@@ -95,60 +97,89 @@ func (s *Store) Get(ctx context.Context, key string) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, err := readRecord(p)
+	e, _, err := readRecord(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("env %s: %w", key, ErrNotFound)
 	}
 	return e, err
 }
 
-// Insert adds the env that build returns for key, under the lock. build is
-// told which pool indexes live envs hold; the env it returns claims its
-// index until Delete. Insert fails with ErrExists when key has a record.
+// Insert adds the env that build returns for key. build is told which
+// pool indexes live envs hold; the env it returns claims its index until
+// Delete. Insert fails with ErrExists when key has a record.
+//
+// It takes no lock: the index is claimed by creating its claim (a second
+// claimer of the same index fails and picks again) and the record by
+// linking it into place (a second creator of the same env fails). So
+// parallel creates share nothing but the directory, and their fsyncs
+// share the filesystem journal's commits.
 func (s *Store) Insert(ctx context.Context, key string, build func(used func(int) bool) (*Env, error)) (*Env, error) {
 	p, err := s.recordPath(key)
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := s.lock(ctx)
-	if err != nil {
+	if err := s.absent(p, key); err != nil {
 		return nil, err
 	}
-	defer unlock()
-	if old, err := readRecord(p); err == nil {
-		return nil, fmt.Errorf("env %s (%s): %w", key, old.Status, ErrExists)
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("insert env %s: %w", key, err)
+		}
+		used, err := s.claims()
+		if err != nil {
+			return nil, err
+		}
+		e, err := build(func(i int) bool { return used[i] })
+		if err != nil {
+			return nil, err
+		}
+		if e.Key() != key {
+			return nil, fmt.Errorf("insert env %s: record is for %s", key, e.Key())
+		}
+		err = s.put(p, e)
+		if errors.Is(err, errClaimed) {
+			continue // another create took the index meanwhile
+		}
+		if errors.Is(err, fs.ErrExist) {
+			return nil, s.absent(p, key)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return e, nil
 	}
-	used, err := s.claims()
-	if err != nil {
-		return nil, err
-	}
-	e, err := build(func(i int) bool { return used[i] })
-	if err != nil {
-		return nil, err
-	}
-	if e.Key() != key {
-		return nil, fmt.Errorf("insert env %s: record is for %s", key, e.Key())
-	}
-	if err := s.put(p, e); err != nil {
-		return nil, err
-	}
-	return e, nil
 }
 
-// put claims e's index and writes its record. The claim is made durable
+// absent returns ErrExists, with the env's status, when key has a record.
+func (s *Store) absent(p, key string) error {
+	old, _, err := readRecord(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("env %s (%s): %w", key, old.Status, ErrExists)
+}
+
+// errClaimed is put's answer when e's index was claimed first by another.
+var errClaimed = errors.New("pool index claimed")
+
+// put claims e's index and creates its record. The claim is made durable
 // first: a crash in between leaves a claim without a record, which only
 // holds an index until PruneClaims, never a record without a claim, whose
-// index could be given twice.
+// index could be given twice. It fails with fs.ErrExist when the record
+// exists.
 func (s *Store) put(p string, e *Env) error {
 	claim := s.claimPath(e.Index)
-	if err := os.Symlink(filepath.Base(p), claim); err != nil {
+	if err := os.Symlink(filepath.Base(p), claim); errors.Is(err, fs.ErrExist) {
+		return errClaimed
+	} else if err != nil {
 		return fmt.Errorf("claim pool index %d for env %s: %w", e.Index, e.Key(), err)
 	}
 	err := syncDir(filepath.Dir(claim))
 	if err == nil {
-		err = s.write(p, e)
+		err = s.create(p, e)
 	}
 	if err != nil {
 		os.Remove(claim)
@@ -157,36 +188,69 @@ func (s *Store) put(p string, e *Env) error {
 	return nil
 }
 
-// Update runs fn on the env of key under the lock and writes the result
-// if fn returns nil. fn must not block on other cilo processes.
+// Update runs fn on the env of key and writes the result if fn returns
+// nil. The new record is written and synced before the lock is taken; the
+// lock only covers checking that the record is still the one fn saw and
+// renaming the new one over it. When it is not, fn runs again on the
+// newer record. fn must not block on other cilo processes.
 func (s *Store) Update(ctx context.Context, key string, fn func(*Env) error) (*Env, error) {
 	p, err := s.recordPath(key)
 	if err != nil {
 		return nil, err
 	}
+	for {
+		e, seen, err := readRecord(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("env %s: %w", key, ErrNotFound)
+		}
+		if err != nil {
+			return nil, err
+		}
+		index := e.Index
+		if err := fn(e); err != nil {
+			return nil, err
+		}
+		if e.Key() != key || e.Index != index {
+			return nil, fmt.Errorf("update env %s: its key and pool index cannot change", key)
+		}
+		tmp, err := s.writeTemp(e)
+		if err != nil {
+			return nil, err
+		}
+		swapped, err := s.swap(ctx, p, seen, tmp)
+		if err != nil || !swapped {
+			os.Remove(tmp)
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("env %s: %w", key, ErrNotFound)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if swapped {
+			return e, syncDir(s.EnvsDir())
+		}
+	}
+}
+
+// swap renames tmp over the record at p if p still holds seen.
+func (s *Store) swap(ctx context.Context, p string, seen []byte, tmp string) (bool, error) {
 	unlock, err := s.lock(ctx)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	defer unlock()
-	e, err := readRecord(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("env %s: %w", key, ErrNotFound)
-	}
+	now, err := os.ReadFile(p)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
-	index := e.Index
-	if err := fn(e); err != nil {
-		return nil, err
+	if !bytes.Equal(now, seen) {
+		return false, nil
 	}
-	if e.Key() != key || e.Index != index {
-		return nil, fmt.Errorf("update env %s: its key and pool index cannot change", key)
+	if err := os.Rename(tmp, p); err != nil {
+		return false, fmt.Errorf("replace state record %s: %w", p, err)
 	}
-	if err := s.write(p, e); err != nil {
-		return nil, err
-	}
-	return e, nil
+	return true, nil
 }
 
 // Delete removes the env of key and releases its index; a missing record
@@ -196,20 +260,9 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	unlock, err := s.lock(ctx)
-	if err != nil {
+	e, err := s.remove(ctx, p)
+	if e == nil || err != nil {
 		return err
-	}
-	defer unlock()
-	e, err := readRecord(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := os.Remove(p); err != nil {
-		return fmt.Errorf("remove state record of env %s: %w", key, err)
 	}
 	if err := syncDir(s.EnvsDir()); err != nil {
 		return err
@@ -218,6 +271,27 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		return fmt.Errorf("release pool index %d of env %s: %w", e.Index, key, err)
 	}
 	return nil
+}
+
+// remove unlinks the record at p under the lock, so that no Update renames
+// a record back into place, and returns what it held (nil: nothing).
+func (s *Store) remove(ctx context.Context, p string) (*Env, error) {
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	e, _, err := readRecord(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(p); err != nil {
+		return nil, fmt.Errorf("remove state record of env %s: %w", e.Key(), err)
+	}
+	return e, nil
 }
 
 // claims returns the pool indexes claimed, from the names in the claims
@@ -298,42 +372,43 @@ func isLabel(s string) bool {
 	return true
 }
 
-func readRecord(path string) (*Env, error) {
+// readRecord parses the record at path; it also returns the bytes, which
+// Update compares to tell whether the record changed meanwhile.
+func readRecord(path string) (*Env, []byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, err
+			return nil, nil, err
 		}
-		return nil, fmt.Errorf("read state record: %w", err)
+		return nil, nil, fmt.Errorf("read state record: %w", err)
 	}
 	var r record
 	if err := json.Unmarshal(b, &r); err != nil || r.Env == nil {
 		if err == nil {
 			err = errors.New("no env in it")
 		}
-		return nil, fmt.Errorf("parse state record %s: %v (move it aside and run cilo doctor --fix)", path, err)
+		return nil, nil, fmt.Errorf("parse state record %s: %v (move it aside and run cilo doctor --fix)", path, err)
 	}
 	if r.Version > SchemaVersion {
-		return nil, fmt.Errorf("state record %s has schema version %d, this cilo knows up to %d: upgrade cilo", path, r.Version, SchemaVersion)
+		return nil, nil, fmt.Errorf("state record %s has schema version %d, this cilo knows up to %d: upgrade cilo", path, r.Version, SchemaVersion)
 	}
 	if want := r.Env.Project + "." + r.Env.Name + ".json"; filepath.Base(path) != want {
-		return nil, fmt.Errorf("state record %s holds env %s (move it aside and run cilo doctor --fix)", path, r.Env.Key())
+		return nil, nil, fmt.Errorf("state record %s holds env %s (move it aside and run cilo doctor --fix)", path, r.Env.Key())
 	}
-	return r.Env, nil
+	return r.Env, b, nil
 }
 
-// write replaces the record at p by temp file + fsync + rename. The temp
-// file's name starts with a dot, which IsRecord rejects.
-func (s *Store) write(p string, e *Env) error {
+// writeTemp writes e's record to a new synced temp file beside the
+// records. Its name starts with a dot, which IsRecord rejects.
+func (s *Store) writeTemp(e *Env) (string, error) {
 	b, err := json.Marshal(record{Version: SchemaVersion, Env: e})
 	if err != nil {
-		return fmt.Errorf("encode state of env %s: %w", e.Key(), err)
+		return "", fmt.Errorf("encode state of env %s: %w", e.Key(), err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	tmp, err := os.CreateTemp(s.EnvsDir(), ".tmp-*")
 	if err != nil {
-		return fmt.Errorf("write state of env %s: %w", e.Key(), err)
+		return "", fmt.Errorf("write state of env %s: %w", e.Key(), err)
 	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
 	_, err = tmp.Write(b)
 	if err == nil {
 		err = tmp.Chmod(0o644)
@@ -345,12 +420,27 @@ func (s *Store) write(p string, e *Env) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("write state of env %s: %w", e.Key(), err)
+		os.Remove(tmp.Name())
+		return "", fmt.Errorf("write state of env %s: %w", e.Key(), err)
 	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("replace state of env %s: %w", e.Key(), err)
+	return tmp.Name(), nil
+}
+
+// create makes the record at p, failing with fs.ErrExist if there is one:
+// a hard link puts the synced temp file into place only where nothing is.
+func (s *Store) create(p string, e *Env) error {
+	tmp, err := s.writeTemp(e)
+	if err != nil {
+		return err
 	}
-	return syncDir(filepath.Dir(p))
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, p); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		return fmt.Errorf("create state record of env %s: %w", e.Key(), err)
+	}
+	return syncDir(s.EnvsDir())
 }
 
 func syncDir(dir string) error {

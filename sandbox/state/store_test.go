@@ -316,10 +316,10 @@ func TestLockHonoursContextAndWakesWaiters(t *testing.T) {
 	if err := insertLowest(s, "a"); err != nil {
 		t.Fatal(err)
 	}
-	release := make(chan struct{})
-	held := make(chan struct{})
-	go s.Update(context.Background(), "p/a", func(*Env) error { close(held); <-release; return nil })
-	<-held
+	unlock, err := s.lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := s.Update(ctx, "p/a", func(*Env) error { return nil }); err == nil {
@@ -331,7 +331,7 @@ func TestLockHonoursContextAndWakesWaiters(t *testing.T) {
 		waited <- err
 	}()
 	time.Sleep(20 * time.Millisecond)
-	close(release)
+	unlock()
 	select {
 	case err := <-waited:
 		if err != nil {
@@ -339,5 +339,74 @@ func TestLockHonoursContextAndWakesWaiters(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a waiter was not woken when the lock was released")
+	}
+	if e, _ := s.Get(context.Background(), "p/a"); e.Status != StatusRunning {
+		t.Fatalf("status %s after the update", e.Status)
+	}
+}
+
+// TestUpdateConcurrentLosesNothing: updates of one env from many
+// goroutines each see the previous one's result (a changed record makes
+// an update start over).
+func TestUpdateConcurrentLosesNothing(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	if err := insertLowest(s, "a"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, err := s.Update(context.Background(), "p/a", func(e *Env) error {
+				e.Services = append(e.Services, Service{Name: fmt.Sprint("s", i)})
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	e, err := s.Get(context.Background(), "p/a")
+	if err != nil || len(e.Services) != n {
+		t.Fatalf("after %d updates: %d services, %v", n, len(e.Services), err)
+	}
+	if ents, _ := os.ReadDir(s.EnvsDir()); len(ents) != 1 {
+		t.Fatalf("records directory holds %d files, want the one record (temp files left?)", len(ents))
+	}
+}
+
+// TestInsertSameEnvOnce: parallel inserts of one env make it once; the
+// others get ErrExists and leave no claim behind.
+func TestInsertSameEnvOnce(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- insertLowest(s, "one")
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	ok := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, ErrExists):
+			t.Fatalf("insert: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d inserts succeeded, want 1", ok)
+	}
+	if claims, _ := os.ReadDir(filepath.Join(s.Dir(), claimsDir)); len(claims) != 1 {
+		t.Fatalf("%d index claims, want 1", len(claims))
 	}
 }

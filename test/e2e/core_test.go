@@ -318,6 +318,8 @@ func TestBadInput(t *testing.T) {
 		{"too_long", []string{"create", strings.Repeat("a", 64)}, 2, "at most 63"},
 		{"unicode", []string{"create", "agént"}, 2, "contains"},
 		{"traversal", []string{"create", "../etc"}, 2, "contains"},
+		{"create_many_one_bad", []string{"create", "fine-1", "Bad", "fine-2"}, 2, "a-z, 0-9"},
+		{"create_many_twice", []string{"create", "same", "same"}, 2, "named twice"},
 		{"run_traversal", []string{"run", "-e", "../x", "--", "true"}, 2, "contains"},
 		{"run_missing_env", []string{"run", "true"}, 2, "needs a command and an env"},
 		{"destroy_unknown", []string{"destroy", "--force", "nope"}, 1, "not found"},
@@ -407,5 +409,36 @@ func TestRunPassesTerminal(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "tty-ok") {
 		t.Fatalf("under a terminal: %v\n%s", err, out)
+	}
+}
+
+// TestCreateMany makes several envs in one call: each gets its own subnet,
+// and one that cannot be made does not stop the others.
+func TestCreateMany(t *testing.T) {
+	w := newWorld(t, 22)
+	w.mustCilo("create", "taken")
+	out, err := w.cilo(context.Background(), "", "create", "m1", "taken", "m2", "m3")
+	if exitCode(err) != 1 || !strings.Contains(out, "already exists") {
+		t.Fatalf("create with one existing env: exit %d\n%s", exitCode(err), out)
+	}
+	var envs []envJSON
+	must(t, json.Unmarshal([]byte(w.mustCilo("list", "--json")), &envs))
+	subnets := map[string]string{}
+	for _, e := range envs {
+		if prev, ok := subnets[e.IP]; ok {
+			t.Fatalf("%s and %s share %s", prev, e.Name, e.IP)
+		}
+		subnets[e.IP] = e.Name
+		if e.Name != "taken" && !strings.Contains(out, "created "+e.Name+" ") {
+			t.Errorf("env %s not reported as created:\n%s", e.Name, out)
+		}
+	}
+	if len(envs) != 4 {
+		t.Fatalf("%d envs after creating 3 more, want 4: %+v", len(envs), envs)
+	}
+	for _, n := range []string{"m1", "m2", "m3"} {
+		if got := strings.TrimSpace(w.mustCilo("run", "sh", n, "-c", "echo $CILO_ENV")); got != n {
+			t.Fatalf("run in %s: %q", n, got)
+		}
 	}
 }
