@@ -247,12 +247,11 @@ func (m *Manager) ensureDNS(ctx context.Context) {
 	}
 }
 
-// reserve records the env with status creating and its pool index, under
-// the state lock, so parallel creates never take the same subnet.
+// reserve records the env with status creating and its pool index; the
+// store's index claims make parallel creates never take the same subnet.
 func (m *Manager) reserve(ctx context.Context, p *config.Project, name string) (*state.Env, error) {
-	// The host's routes are read before taking the lock: envs created
-	// meanwhile are skipped by index, and the lock is held only for the
-	// state records.
+	// The host's routes are read once, before the claim: envs created
+	// meanwhile are skipped by index.
 	taken, err := m.net.HostPrefixes()
 	if err != nil {
 		return nil, err
