@@ -21,67 +21,67 @@ import (
 // returns and starts a new task made as Up makes one: the same log file,
 // and the network namespace and cgroup of the container's spec. A
 // container that is gone, whose env was removed, or whose task is not
-// stopped (never started, or started again by Up) is left alone:
-// (false, nil).
-func (e *Engine) RestartTask(ctx context.Context, ctr containerd.Container, decide func(labels map[string]string, exitStatus uint32) (map[string]string, bool)) (bool, error) {
+// stopped (never started, or started again by Up) is left alone: it
+// returns 0 and no error. Otherwise it returns the new task's pid.
+func (e *Engine) RestartTask(ctx context.Context, ctr containerd.Container, decide func(labels map[string]string, exitStatus uint32) (map[string]string, bool)) (uint32, error) {
 	labels, err := ctr.Labels(ctx)
 	if errdefs.IsNotFound(err) {
-		return false, nil
+		return 0, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read labels of %s: %w", ctr.ID(), err)
+		return 0, fmt.Errorf("read labels of %s: %w", ctr.ID(), err)
 	}
 	unlock, err := e.lockExistingEnv(ctx, &state.Env{Project: labels[labelProject], Name: labels[labelEnv]})
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+		return 0, nil
 	}
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	defer unlock()
 	// Again, now that nobody else changes them.
 	labels, err = ctr.Labels(ctx)
 	if errdefs.IsNotFound(err) {
-		return false, nil
+		return 0, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read labels of %s: %w", ctr.ID(), err)
+		return 0, fmt.Errorf("read labels of %s: %w", ctr.ID(), err)
 	}
 	task, err := ctr.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
-		return false, nil
+		return 0, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("task of %s: %w", ctr.ID(), err)
+		return 0, fmt.Errorf("task of %s: %w", ctr.ID(), err)
 	}
 	st, err := task.Status(ctx)
 	if errdefs.IsNotFound(err) {
-		return false, nil
+		return 0, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("status of %s: %w", ctr.ID(), err)
+		return 0, fmt.Errorf("status of %s: %w", ctr.ID(), err)
 	}
 	if st.Status != containerd.Stopped {
-		return false, nil
+		return 0, nil
 	}
 	set, ok := decide(labels, st.ExitStatus)
 	if !ok {
-		return false, nil
+		return 0, nil
 	}
 	spec, err := ctr.Spec(ctx)
 	if err != nil {
-		return false, fmt.Errorf("read spec of %s: %w", ctr.ID(), err)
+		return 0, fmt.Errorf("read spec of %s: %w", ctr.ID(), err)
 	}
 	if _, err := task.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
-		return false, fmt.Errorf("delete exited task of %s: %w", ctr.ID(), err)
+		return 0, fmt.Errorf("delete exited task of %s: %w", ctr.ID(), err)
 	}
 	service := labels[labelService]
 	task, err = e.newTask(ctx, ctr, spec, service, labels[labelLog])
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	if err := startTask(ctx, ctr, task, set, service); err != nil {
-		return false, err
+		return 0, err
 	}
-	return true, nil
+	return task.Pid(), nil
 }

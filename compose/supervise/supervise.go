@@ -35,10 +35,10 @@ type Restarter interface {
 	// RestartTask calls decide with ctr's labels and the exit status of
 	// its stopped task, holding the lock that cilo up and down hold for
 	// ctr's env; when decide says so, it sets the labels decide returns
-	// and starts a new task made as cilo up makes one. It reports whether
-	// it started a task. A container that is gone, or whose task is not
-	// stopped, is left alone without error.
-	RestartTask(ctx context.Context, ctr containerd.Container, decide func(labels map[string]string, exitStatus uint32) (map[string]string, bool)) (bool, error)
+	// and starts a new task made as cilo up makes one. It returns the
+	// new task's pid, 0 when it started none. A container that is gone,
+	// or whose task is not stopped, is left alone without error.
+	RestartTask(ctx context.Context, ctr containerd.Container, decide func(labels map[string]string, exitStatus uint32) (map[string]string, bool)) (uint32, error)
 }
 
 // Options configures [Run].
@@ -76,6 +76,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	s := &supervisor{o: o, releasePID: release, watched: map[string]*watched{}}
+	s.restartTask = s.restart
 	defer s.release()
 	ctx = namespaces.WithNamespace(ctx, o.Namespace)
 	ctx, cancel := context.WithCancel(ctx)
@@ -118,6 +119,8 @@ func Run(ctx context.Context, o Options) error {
 type supervisor struct {
 	o  Options
 	wg sync.WaitGroup
+	// restartTask is s.restart; tests of the scheduling replace it.
+	restartTask func(ctx context.Context, id string) (pid uint32, err error)
 
 	mu         sync.Mutex
 	client     *containerd.Client
@@ -128,8 +131,13 @@ type supervisor struct {
 // watched is a container whose task exited at least once.
 type watched struct {
 	delay   time.Duration // the last backoff delay
-	started time.Time     // when the supervisor last started its task; zero: cilo up did
-	pending bool          // a restart waits or runs
+	pid     uint32        // the task the supervisor last started; 0: none
+	started time.Time     // when it started that task
+	exited  uint32        // the pid whose exit the current restart handles
+
+	waiting    bool // a restart waits out its delay
+	restarting bool // a restart runs
+	again      bool // and another task exited meanwhile
 }
 
 // release gives up the pid file: this supervisor is done.
@@ -218,7 +226,7 @@ func (s *supervisor) serve(ctx context.Context, c *containerd.Client) (idle bool
 				// Exits of exec'd processes (healthchecks, cilo exec)
 				// carry another process id.
 				if e, ok := v.(*apievents.TaskExit); ok && e.ID == e.ContainerID {
-					s.exited(ctx, e.ContainerID)
+					s.exited(ctx, e.ContainerID, e.Pid)
 				}
 			case topicDelete:
 				if idle, err := s.idle(ctx, c); idle || err != nil {
@@ -261,12 +269,12 @@ func (s *supervisor) reconcile(ctx context.Context, c *containerd.Client) error 
 		case err != nil:
 			s.o.Logf("supervise: look at %s: %v", ctr.ID(), err)
 		case st.Status == containerd.Stopped:
-			s.exited(ctx, ctr.ID())
+			s.exited(ctx, ctr.ID(), task.Pid())
 		}
 	}
 	s.mu.Lock()
 	for id, w := range s.watched {
-		if !seen[id] && !w.pending {
+		if !seen[id] && !w.waiting && !w.restarting {
 			delete(s.watched, id)
 		}
 	}
@@ -301,9 +309,12 @@ func (s *supervisor) idle(ctx context.Context, c *containerd.Client) (bool, erro
 	return true, nil
 }
 
-// exited schedules a restart of container id after its backoff delay,
-// unless one is pending already.
-func (s *supervisor) exited(ctx context.Context, id string) {
+// exited handles the exit of container id's task pid (0: unknown): it
+// schedules a restart after the backoff delay. An exit seen while that
+// container's restart waits is the same exit seen twice (event and look);
+// one seen while the restart runs is the new task's, handled once the
+// restart is done.
+func (s *supervisor) exited(ctx context.Context, id string, pid uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := s.watched[id]
@@ -311,15 +322,24 @@ func (s *supervisor) exited(ctx context.Context, id string) {
 		w = &watched{}
 		s.watched[id] = w
 	}
-	if w.pending {
-		return
+	switch {
+	case w.waiting:
+	case w.restarting:
+		w.again = w.again || pid == 0 || pid != w.exited
+	default:
+		s.schedule(ctx, id, w, pid)
 	}
-	ran := s.o.Backoff.Reset // unknown when cilo up started it: a fresh start
-	if !w.started.IsZero() {
+}
+
+// schedule restarts w's container after its next backoff delay; s.mu is
+// held.
+func (s *supervisor) schedule(ctx context.Context, id string, w *watched, pid uint32) {
+	ran := s.o.Backoff.Reset // a task cilo up started: a fresh backoff
+	if pid != 0 && pid == w.pid {
 		ran = time.Since(w.started)
 	}
 	w.delay = s.o.Backoff.Next(w.delay, ran)
-	w.pending = true
+	w.waiting, w.exited = true, pid
 	s.wg.Add(1)
 	go func(delay time.Duration) {
 		defer s.wg.Done()
@@ -328,18 +348,25 @@ func (s *supervisor) exited(ctx context.Context, id string) {
 			return
 		case <-time.After(delay):
 		}
-		started, err := s.restart(ctx, id)
+		s.mu.Lock()
+		w.waiting, w.restarting = false, true
+		s.mu.Unlock()
+		started, err := s.restartTask(ctx, id)
 		if err != nil {
 			s.o.Logf("supervise: restart %s: %v", id, err)
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		w.pending = false
-		switch {
-		case started:
-			w.started = time.Now()
+		w.restarting = false
+		if started != 0 {
+			w.pid, w.started = started, time.Now()
 			s.o.Logf("supervise: restarted %s after %v", id, delay)
-		case err == nil:
+		}
+		switch {
+		case w.again:
+			w.again = false
+			s.schedule(ctx, id, w, w.pid)
+		case started == 0 && err == nil:
 			// Not to be restarted, or cilo up started it: the next exit
 			// starts a fresh backoff.
 			delete(s.watched, id)
@@ -347,31 +374,33 @@ func (s *supervisor) exited(ctx context.Context, id string) {
 	}(w.delay)
 }
 
-func (s *supervisor) restart(ctx context.Context, id string) (bool, error) {
+// restart has the container's task restarted if its policy says so and
+// returns the new task's pid, 0 when none was started.
+func (s *supervisor) restart(ctx context.Context, id string) (uint32, error) {
 	s.mu.Lock()
 	c := s.client
 	s.mu.Unlock()
 	if c == nil {
-		return false, errors.New("containerd is away; the next look after reconnecting retries")
+		return 0, errors.New("containerd is away; the next look after reconnecting retries")
 	}
 	ctr, err := c.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
-		return false, nil
+		return 0, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("load container: %w", err)
+		return 0, fmt.Errorf("load container: %w", err)
 	}
 	// Exits of containers without a policy, or of those cilo down is
 	// stopping, need not wait for the env's lock to be turned down.
 	labels, err := ctr.Labels(ctx)
 	if errdefs.IsNotFound(err) {
-		return false, nil
+		return 0, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read labels: %w", err)
+		return 0, fmt.Errorf("read labels: %w", err)
 	}
 	if !supervised(labels) {
-		return false, nil
+		return 0, nil
 	}
 	return s.o.Restarter.RestartTask(ctx, ctr, decide)
 }
