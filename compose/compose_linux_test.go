@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilo-dev/cilo/compose/supervise"
 	"github.com/cilo-dev/cilo/dns"
 	"github.com/cilo-dev/cilo/nsnet"
 	"github.com/cilo-dev/cilo/sandbox/state"
@@ -228,52 +229,6 @@ func (h *harness) exec(env *state.Env, service string, args ...string) (string, 
 	return out.String(), nil
 }
 
-func TestRestartPolicyAfterCLIExited(t *testing.T) {
-	h := newHarness(t)
-	env := h.newEnv(2, "crash", map[string]string{"compose.yaml": `
-services:
-  crasher:
-    image: cilo-test/testsvc
-    command: ["crash", "-after", "500ms", "-code", "3"]
-    restart: always
-`})
-	if _, err := h.engine.Up(context.Background(), env); err != nil {
-		t.Fatal(err)
-	}
-	// The CLI exits: nothing of ours watches the container any more.
-	h.engine.Close()
-	// Follow the log (as cilo logs -f) until the service started twice.
-	var followed lockedBuffer
-	// containerd's monitor looks every 10 s; allow for a loaded machine.
-	fctx, stop := context.WithTimeout(context.Background(), 60*time.Second)
-	defer stop()
-	done := make(chan error, 1)
-	go func() {
-		done <- h.engine.Logs(fctx, env, LogsOptions{Service: "crasher", Follow: true, Tail: -1}, &followed)
-	}()
-	for strings.Count(followed.String(), "started") < 2 {
-		if fctx.Err() != nil {
-			t.Fatalf("crashed service was not restarted by containerd within 60 s; log:\n%s", followed.String())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	stop()
-	if err := <-done; err != nil {
-		t.Fatalf("logs -f: %v", err)
-	}
-	if !strings.Contains(followed.String(), "started\ncrashing\nstarted\n") {
-		t.Errorf("followed log = %q", followed.String())
-	}
-	if err := h.engine.Down(context.Background(), env); err != nil {
-		t.Fatal(err)
-	}
-	// Down took it out of the restart monitor's hands: it stays gone.
-	time.Sleep(12 * time.Second)
-	if left := h.leftovers(env); len(left) != 0 {
-		t.Fatalf("left after down: %v", left)
-	}
-}
-
 func TestBadInputStartsNothing(t *testing.T) {
 	h := newHarness(t)
 	tests := []struct {
@@ -292,6 +247,11 @@ func TestBadInputStartsNothing(t *testing.T) {
 			[]string{"8080/tcp", "published twice", `"a"`, `"b"`}},
 		{"containerd_not_running", "services:\n  db:\n    image: cilo-test/testsvc\n", func(o *Options) { o.Address = "/nonexistent/containerd.sock" },
 			[]string{"containerd is not running", "ensure-containerd.sh"}},
+		{"invalid_restart_policy", "services:\n  db:\n    image: cilo-test/testsvc\n    restart: sometimes\n", nil,
+			[]string{`service "db"`, `"sometimes"`, "on-failure[:N]"}},
+		{"restart_supervisor_fails", "services:\n  db:\n    image: cilo-test/testsvc\n    restart: always\n", func(o *Options) {
+			o.Supervisor = &supervise.Launcher{RunDir: filepath.Join(o.RunDir, "failing"), LogFile: filepath.Join(o.StateDir, "failing.log"), Command: []string{"false"}}
+		}, []string{"restart supervisor exited", "failing.log"}},
 	}
 	t.Setenv("BUILDKIT_HOST", "unix:///nonexistent/buildkitd.sock")
 	for i, tt := range tests {

@@ -9,6 +9,8 @@
 // and task in cilo's containerd namespace, labelled like docker compose
 // labels its containers. Published ports are never bound on the host:
 // nsnet forwards localhost:<published> inside the env to the service.
-// Restart policies are carried out by containerd's restart monitor, so
-// they keep working after the CLI exits; logs go to one file per service.
+// Containers carry their restart policy in a label; the restart supervisor
+// (package supervise), which Up starts on demand, restarts them through
+// [Engine.RestartTask] after the CLI exits. Logs go to one file per
+// service.
 package compose

@@ -36,6 +36,18 @@ type Options struct {
 	// [RunLogger] when called as `<LogBinary> compose-log-to <file>`.
 	// Empty: this process's own executable.
 	LogBinary string
+
+	// Supervisor carries out restart policies once Up has returned
+	// (package supervise's Launcher). Up acquires it before it creates
+	// anything when a service has a restart policy; nil fails such an Up.
+	Supervisor Supervisor
+}
+
+// Supervisor is the restart supervisor as Up needs it.
+type Supervisor interface {
+	// Acquire makes sure a supervisor runs and keeps it from exiting
+	// for lack of work until release is called.
+	Acquire(ctx context.Context) (release func(), err error)
 }
 
 // Engine runs compose services of envs. It implements sandbox.Services.

@@ -4,13 +4,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +23,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
+	"github.com/cilo-dev/cilo/compose/supervise"
 	"github.com/cilo-dev/cilo/nsnet"
 	"github.com/cilo-dev/cilo/nsnet/nsfs"
 	"github.com/cilo-dev/cilo/sandbox/state"
@@ -36,6 +41,14 @@ func TestMain(m *testing.M) {
 	// defaults to this executable), as cilo-compose is in production.
 	if len(os.Args) == 3 && os.Args[1] == LoggerCommand {
 		if err := RunLogger(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	// And it is the restart supervisor, as cilo-compose is.
+	if len(os.Args) == 2 && os.Args[1] == supervise.Command {
+		if err := runSupervisor(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -60,8 +73,39 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// superviseEnv carries a test's engine options to the test binary run as
+// that test's restart supervisor.
+const superviseEnv = "CILO_COMPOSE_TEST_SUPERVISE"
+
+// superviseConfig is the part of Options the supervisor needs.
+type superviseConfig struct {
+	Address, Namespace, Prefix string
+	Pool                       netip.Prefix
+	StateDir, RunDir           string
+}
+
+// runSupervisor runs the restart supervisor of the test whose options are
+// in superviseEnv, with an engine made from them, until SIGTERM.
+func runSupervisor() error {
+	var c superviseConfig
+	if err := json.Unmarshal([]byte(os.Getenv(superviseEnv)), &c); err != nil {
+		return fmt.Errorf("read %s: %w", superviseEnv, err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	e := New(Options{Address: c.Address, Namespace: c.Namespace, Prefix: c.Prefix, Pool: c.Pool, StateDir: c.StateDir, RunDir: c.RunDir})
+	defer e.Close()
+	return supervise.Run(ctx, supervise.Options{
+		Address: c.Address, Namespace: c.Namespace, RunDir: c.RunDir, Restarter: e,
+		Logf: func(f string, a ...any) {
+			fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000")+" "+f+"\n", a...)
+		},
+	})
+}
+
 // harness is one test's private world: its own containerd namespace,
-// name prefix, slice of the address pool, state and run dirs.
+// name prefix, slice of the address pool, state and run dirs, and its own
+// restart supervisor (this test binary).
 type harness struct {
 	t      *testing.T
 	net    *nsnet.Network
@@ -81,17 +125,24 @@ func requireRoot(t *testing.T) {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	address := os.Getenv("CONTAINERD_ADDRESS")
+	if address == "" {
+		address = "/run/containerd/containerd.sock"
+	}
+	return newHarnessAt(t, address)
+}
+
+// newHarnessAt is newHarness against the containerd at address.
+func newHarnessAt(t *testing.T, address string) *harness {
+	t.Helper()
 	requireRoot(t)
 	var b [4]byte
 	rand.Read(b[:])
 	r := binary.BigEndian.Uint32(b[:])
 	prefix := fmt.Sprintf("c%03x", r%4096)
-	pool := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 232, byte((r >> 12) % 64 * 4), 0}), 22)
+	// 16 subnets: the bad-input test makes an env per case.
+	pool := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 232, byte((r >> 12) % 16 * 16), 0}), 20)
 	ns := fmt.Sprintf("cilo-test-%08x", r)
-	address := os.Getenv("CONTAINERD_ADDRESS")
-	if address == "" {
-		address = "/run/containerd/containerd.sock"
-	}
 	client, err := containerd.New(address, containerd.WithTimeout(3*time.Second))
 	if err == nil {
 		vctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -116,10 +167,24 @@ func newHarness(t *testing.T) *harness {
 		StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run"), DNSSuffix: "test",
 		Logf: func(f string, a ...any) { fmt.Fprintf(logs, f+"\n", a...) },
 	}
+	sc, err := json.Marshal(superviseConfig{address, ns, prefix, pool, opts.StateDir, opts.RunDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Supervisor = &supervise.Launcher{
+		RunDir:  opts.RunDir,
+		LogFile: filepath.Join(opts.StateDir, "logs", "supervise.log"),
+		Command: []string{os.Args[0], supervise.Command},
+		Env:     []string{superviseEnv + "=" + string(sc)},
+	}
 	h := &harness{t: t, net: n, opts: opts, client: client, ctx: ctx, logs: logs}
 	h.engine = New(opts)
 	t.Cleanup(func() {
 		h.engine.Close()
+		h.stopSupervisor()
+		if t.Failed() {
+			t.Logf("restart supervisor's log:\n%s", h.supervisorLog())
+		}
 		h.removeNamespace()
 		client.Close()
 		if err := n.TeardownHost(context.Background()); err != nil {
@@ -130,6 +195,38 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// supervisorPID is the pid of the test's restart supervisor, 0 when none
+// runs (it removes its pid file when it exits).
+func (h *harness) supervisorPID() int {
+	b, err := os.ReadFile(filepath.Join(h.opts.RunDir, "supervise.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// stopSupervisor ends the test's restart supervisor, if one runs, and
+// waits until it has.
+func (h *harness) stopSupervisor() {
+	pid := h.supervisorPID()
+	if pid <= 1 {
+		return
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 200 && h.supervisorPID() == pid; i++ {
+		time.Sleep(25 * time.Millisecond)
+	}
+	if h.supervisorPID() == pid {
+		h.t.Errorf("restart supervisor %d still runs 5 s after SIGTERM", pid)
+	}
+}
+
+func (h *harness) supervisorLog() string {
+	b, _ := os.ReadFile(h.opts.Supervisor.(*supervise.Launcher).LogFile)
+	return string(b)
 }
 
 // removeNamespace deletes everything in the test's containerd namespace

@@ -37,7 +37,7 @@ var supportedService = map[string]bool{
 }
 
 // supportedDeploy are the deploy keys cilo carries out.
-var supportedDeploy = map[string]bool{"replicas": true, "resources": true}
+var supportedDeploy = map[string]bool{"replicas": true, "resources": true, "restart_policy": true}
 
 // Load reads the compose project of env from its workspace: the files named
 // in env.ComposeFiles (from .cilo/config.yml), else COMPOSE_FILE, else
@@ -154,6 +154,9 @@ func Warnings(p *types.Project) []string {
 			}
 			if l := s.Deploy.Resources.Limits; l != nil && (len(l.Devices) > 0 || len(l.GenericResources) > 0) {
 				out = append(out, fmt.Sprintf("service %q: \"deploy.resources.limits\" devices are not supported by cilo yet and are ignored", name))
+			}
+			if r := s.Deploy.RestartPolicy; r != nil && (r.Delay != nil || r.Window != nil) {
+				out = append(out, fmt.Sprintf("service %q: \"deploy.restart_policy\" delay and window are ignored: cilo backs off from 100 ms, doubling", name))
 			}
 		}
 		for net := range s.Networks {

@@ -331,3 +331,32 @@ func FuzzNames(f *testing.F) {
 		checkNames(t, project, env, service, int(uint(n)%1000)+1)
 	})
 }
+
+// TestRestartOf: restart: wins; else deploy.restart_policy maps as docker
+// compose maps it.
+func TestRestartOf(t *testing.T) {
+	tests := []struct {
+		name, service, want string
+	}{
+		{"restart", "{image: x, restart: unless-stopped}", "unless-stopped"},
+		{"restart_wins", "{image: x, restart: \"no\", deploy: {restart_policy: {condition: any}}}", "no"},
+		{"any", "{image: x, deploy: {restart_policy: {condition: any}}}", "always"},
+		{"default_condition", "{image: x, deploy: {restart_policy: {max_attempts: 3}}}", "always"},
+		{"none", "{image: x, deploy: {restart_policy: {condition: none}}}", "no"},
+		{"on_failure", "{image: x, deploy: {restart_policy: {condition: on-failure}}}", "on-failure"},
+		{"on_failure_max", "{image: x, deploy: {restart_policy: {condition: on-failure, max_attempts: 2}}}", "on-failure:2"},
+		{"nothing", "{image: x}", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeFiles(t, map[string]string{"compose.yaml": "services:\n  a: " + tt.service + "\n"})
+			p, err := Load(context.Background(), &state.Env{Project: "p", Name: "e", Workspace: dir}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := restartOf(p.Services["a"]); got != tt.want {
+				t.Errorf("restartOf = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

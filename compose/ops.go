@@ -22,6 +22,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 
+	"github.com/cilo-dev/cilo/compose/supervise"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -36,8 +37,8 @@ type Container struct {
 	Health   string       `json:"health,omitempty"` // healthy or unhealthy: one probe now
 	ExitCode *uint32      `json:"exit_code,omitempty"`
 	Addr     string       `json:"addr"`
-	Ports    []state.Port `json:"ports,omitempty"` // localhost:Published inside the env
-	Restarts int          `json:"restarts,omitempty"`
+	Ports    []state.Port `json:"ports,omitempty"`    // localhost:Published inside the env
+	Restarts int          `json:"restarts,omitempty"` // by the restart supervisor since cilo up started it
 }
 
 // Ps lists the env's containers sorted by service and replica. A running
@@ -62,9 +63,8 @@ func (e *Engine) Ps(ctx context.Context, env *state.Env) ([]Container, error) {
 		}
 		l := info.Labels
 		n, _ := strconv.Atoi(l[labelReplica])
-		restarts, _ := strconv.Atoi(l["containerd.io/restart.count"])
 		ct := Container{Name: l[nerdctlName], ID: ctr.ID(), Service: l[labelService], Replica: n,
-			Image: info.Image, Status: "created", Addr: l[labelAddr], Restarts: restarts}
+			Image: info.Image, Status: "created", Addr: l[labelAddr], Restarts: supervise.Restarts(l)}
 		if p := l[labelPorts]; p != "" {
 			json.Unmarshal([]byte(p), &ct.Ports)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/types"
 
+	"github.com/cilo-dev/cilo/compose/supervise"
 	"github.com/cilo-dev/cilo/nsnet"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
@@ -38,6 +39,8 @@ type plan struct {
 	replicas map[string][]replica // by service
 	forwards []nsnet.PortForward
 	services []state.Service
+	policies map[string]supervise.Policy // restart policies, by service
+	restarts bool                        // some service has a policy but "no"
 }
 
 // replicasOf is how many containers a service runs.
@@ -55,7 +58,7 @@ func replicasOf(s types.ServiceConfig) int {
 // sorted by name, replicas in order, from .10 up) and collects the port
 // forwards, refusing a port published twice.
 func makePlan(p *types.Project, env *state.Env, pool nsnet.Pool, prefix, suffix string) (*plan, error) {
-	pl := &plan{project: p, env: env, replicas: map[string][]replica{}}
+	pl := &plan{project: p, env: env, replicas: map[string][]replica{}, policies: map[string]supervise.Policy{}}
 	host := firstHost
 	names := p.ServiceNames()
 	sort.Strings(names)
@@ -64,6 +67,12 @@ func makePlan(p *types.Project, env *state.Env, pool nsnet.Pool, prefix, suffix 
 		s := p.Services[name]
 		n := replicasOf(s)
 		svc := state.Service{Name: name}
+		pol, err := supervise.ParsePolicy(restartOf(s))
+		if err != nil {
+			return nil, fmt.Errorf("service %q: %w", name, err)
+		}
+		pl.policies[name] = pol
+		pl.restarts = pl.restarts || (pol.Mode != supervise.No && n > 0)
 		for i := 1; i <= n; i++ {
 			if host > 254 {
 				return nil, fmt.Errorf("env %q: more than %d service containers do not fit in its /24", env.Name, 254-firstHost+1)
@@ -239,4 +248,26 @@ func dedupe(in []string) []string {
 		}
 	}
 	return out
+}
+
+// restartOf is the service's restart policy as docker compose reads it:
+// restart:, else deploy.restart_policy (condition any, the default, is
+// always; none is no; on-failure keeps max_attempts).
+func restartOf(s types.ServiceConfig) string {
+	if s.Restart != "" || s.Deploy == nil || s.Deploy.RestartPolicy == nil {
+		return s.Restart
+	}
+	r := s.Deploy.RestartPolicy
+	switch r.Condition {
+	case "none":
+		return "no"
+	case "on-failure":
+		if r.MaxAttempts != nil {
+			return fmt.Sprintf("on-failure:%d", *r.MaxAttempts)
+		}
+		return "on-failure"
+	case "", "any":
+		return "always"
+	}
+	return r.Condition // refused by ParsePolicy, naming it
 }

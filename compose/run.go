@@ -26,6 +26,7 @@ import (
 	"github.com/moby/sys/signal"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/cilo-dev/cilo/compose/supervise"
 	"github.com/cilo-dev/cilo/nsnet"
 	"github.com/cilo-dev/cilo/nsnet/nsfs"
 	"github.com/cilo-dev/cilo/sandbox/state"
@@ -63,6 +64,13 @@ func (e *Engine) Up(ctx context.Context, env *state.Env) ([]state.Service, error
 	c, ctx, err := e.connect(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if pl.restarts {
+		release, err := e.acquireSupervisor(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
 	}
 	unlock, err := e.lockEnv(ctx, env)
 	if err != nil {
@@ -274,14 +282,15 @@ func configHash(s types.ServiceConfig, r replica, img containerd.Image) string {
 }
 
 // prepared is a replica whose container and task exist; start says the
-// task still has to be started.
+// task still has to be started, resetRestarts that the container's
+// restart count or stop mark is to be cleared before.
 type prepared struct {
-	ctr    containerd.Container
-	task   containerd.Task
-	exitC  <-chan containerd.ExitStatus
-	spec   *specs.Spec
-	start  bool
-	logURI *url.URL
+	ctr           containerd.Container
+	task          containerd.Task
+	exitC         <-chan containerd.ExitStatus
+	spec          *specs.Spec
+	start         bool
+	resetRestarts bool
 }
 
 // prepareReplica makes replica r's container and task: an unchanged
@@ -315,7 +324,7 @@ func (e *Engine) prepareReplica(ctx context.Context, c *containerd.Client, pl *p
 	case err == nil:
 		labels, lerr := ctr.Labels(ctx)
 		if lerr == nil && labels[labelHash] == hash && nsfs.Exists(r.netns) {
-			return e.prepareTask(ctx, ctr, pl, s)
+			return e.prepareTask(ctx, ctr, labels, pl, s)
 		}
 		// Removing the old container removes its run files too.
 		if err := e.removeContainer(ctx, ctr); err != nil {
@@ -360,21 +369,20 @@ func (e *Engine) prepareReplica(ctx context.Context, c *containerd.Client, pl *p
 		e.removeNetwork(context.WithoutCancel(ctx), r.netns, r.veth)
 		return nil, fmt.Errorf("service %q: create container %s: %w", s.Name, r.id, err)
 	}
-	return e.prepareTask(ctx, ctr, pl, s)
+	return e.prepareTask(ctx, ctr, nil, pl, s)
 }
 
 // prepareTask creates the container's task unless one runs already.
-func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, pl *plan, s types.ServiceConfig) (*prepared, error) {
+// labels are the container's when it existed before this Up.
+func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, labels map[string]string, pl *plan, s types.ServiceConfig) (*prepared, error) {
 	spec, err := ctr.Spec(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("service %q: read spec of %s: %w", s.Name, ctr.ID(), err)
 	}
-	logPath := e.logPath(pl.env.Project, pl.env.Name, s.Name)
-	creator, logURI, err := e.logIO(s, logPath)
-	if err != nil {
-		return nil, err
+	p := &prepared{ctr: ctr, spec: spec}
+	if err := leaveRestartMonitor(ctx, ctr, labels); err != nil {
+		return nil, fmt.Errorf("service %q: %w", s.Name, err)
 	}
-	p := &prepared{ctr: ctr, spec: spec, logURI: logURI}
 	task, err := ctr.Task(ctx, nil)
 	if err == nil {
 		st, serr := task.Status(ctx)
@@ -388,7 +396,7 @@ func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, pl *
 		// A one-shot job that already finished well stays finished: Up
 		// runs on every `cilo run`, and a migration must not run again
 		// each time. (cilo down, or a change to the service, reruns it.)
-		if serr == nil && st.Status == containerd.Stopped && st.ExitStatus == 0 && restartPolicy(s) == nil {
+		if serr == nil && st.Status == containerd.Stopped && st.ExitStatus == 0 && pl.policies[s.Name].Mode == supervise.No {
 			done := make(chan containerd.ExitStatus, 1)
 			done <- *containerd.NewExitStatus(0, st.ExitTime, nil)
 			p.task, p.exitC = task, done
@@ -400,16 +408,9 @@ func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, pl *
 	} else if !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("service %q: task of %s: %w", s.Name, ctr.ID(), err)
 	}
-	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
-		return nil, fmt.Errorf("service %q: create log dir: %w", s.Name, err)
-	}
-	task, err = ctr.NewTask(ctx, creator)
-	if errdefs.IsAlreadyExists(err) {
-		// The restart monitor was quicker.
-		task, err = ctr.Task(ctx, nil)
-	}
+	task, err = e.newTask(ctx, ctr, spec, s.Name, e.logPath(pl.env.Project, pl.env.Name, s.Name))
 	if err != nil {
-		return nil, fmt.Errorf("service %q: create task of %s: %w", s.Name, ctr.ID(), err)
+		return nil, err
 	}
 	if p.exitC, err = task.Wait(ctx); err != nil {
 		return nil, fmt.Errorf("service %q: wait for %s: %w", s.Name, ctr.ID(), err)
@@ -417,63 +418,81 @@ func (e *Engine) prepareTask(ctx context.Context, ctr containerd.Container, pl *
 	p.task = task
 	st, err := task.Status(ctx)
 	p.start = err != nil || st.Status != containerd.Running
+	p.resetRestarts = supervise.Restarts(labels) > 0 || supervise.StoppedByUser(labels)
 	return p, nil
+}
+
+// newTask creates ctr's task with its output going to logPath. Every task
+// of a service is made here: by Up, and by the supervisor's restarts.
+func (e *Engine) newTask(ctx context.Context, ctr containerd.Container, spec *specs.Spec, service, logPath string) (containerd.Task, error) {
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		return nil, fmt.Errorf("service %q: create log dir: %w", service, err)
+	}
+	creator, err := e.logIO(service, spec.Process != nil && spec.Process.Terminal, logPath)
+	if err != nil {
+		return nil, err
+	}
+	task, err := ctr.NewTask(ctx, creator)
+	if err != nil {
+		return nil, fmt.Errorf("service %q: create task of %s: %w", service, ctr.ID(), err)
+	}
+	return task, nil
 }
 
 // logIO is where a task's output goes: the shim appends it to the log file
 // itself, or, for a terminal, hands it to the logging binary.
-func (e *Engine) logIO(s types.ServiceConfig, logPath string) (cio.Creator, *url.URL, error) {
-	if !s.Tty {
-		u := &url.URL{Scheme: "file", Path: logPath}
-		return cio.LogURI(u), u, nil
+func (e *Engine) logIO(service string, tty bool, logPath string) (cio.Creator, error) {
+	if !tty {
+		return cio.LogURI(&url.URL{Scheme: "file", Path: logPath}), nil
 	}
 	bin := e.opts.LogBinary
 	if bin == "" {
 		exe, err := os.Executable()
 		if err != nil {
-			return nil, nil, fmt.Errorf("service %q: find the logging binary for its terminal: %w", s.Name, err)
+			return nil, fmt.Errorf("service %q: find the logging binary for its terminal: %w", service, err)
 		}
 		bin = exe
 	}
-	args := map[string]string{LoggerCommand: logPath}
-	u, err := cio.LogURIGenerator("binary", bin, args)
-	if err != nil {
-		return nil, nil, fmt.Errorf("service %q: %w", s.Name, err)
-	}
-	return cio.TerminalBinaryIO(bin, args), u, nil
+	return cio.TerminalBinaryIO(bin, map[string]string{LoggerCommand: logPath}), nil
 }
 
-// startPrepared starts a prepared task and hands the container to
-// containerd's restart monitor per the restart policy.
+// startPrepared starts a prepared task. Started by hand, a container with
+// a restart policy counts no restarts and is no longer stopped by the user.
 func (e *Engine) startPrepared(ctx context.Context, p *prepared, s types.ServiceConfig) error {
 	if !p.start {
 		return nil
 	}
-	if err := p.task.Start(ctx); err != nil {
-		p.task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
-		return fmt.Errorf("service %q: start %s: %w", s.Name, p.ctr.ID(), err)
+	var labels map[string]string
+	if p.resetRestarts {
+		labels = supervise.StartedLabels()
 	}
-	if pol := restartPolicy(s); pol != nil {
-		err := p.ctr.Update(ctx, restart.WithStatus(containerd.Running), restart.WithLogURI(p.logURI), restart.WithPolicy(pol))
-		if err != nil {
-			return fmt.Errorf("service %q: set restart policy of %s: %w", s.Name, p.ctr.ID(), err)
+	return startTask(ctx, p.ctr, p.task, labels, s.Name)
+}
+
+// startTask sets labels on ctr, if any, and starts its new task; a task
+// that fails to start is deleted. Up and the supervisor's restarts start
+// every task here.
+func startTask(ctx context.Context, ctr containerd.Container, task containerd.Task, labels map[string]string, service string) error {
+	if len(labels) > 0 {
+		if _, err := ctr.SetLabels(ctx, labels); err != nil {
+			task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
+			return fmt.Errorf("service %q: set restart labels of %s: %w", service, ctr.ID(), err)
 		}
+	}
+	if err := task.Start(ctx); err != nil {
+		task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
+		return fmt.Errorf("service %q: start %s: %w", service, ctr.ID(), err)
 	}
 	return nil
 }
 
-// restartPolicy maps compose's restart: onto containerd's restart monitor
-// (nil: never restart).
-func restartPolicy(s types.ServiceConfig) *restart.Policy {
-	switch s.Restart {
-	case "", types.RestartPolicyNo:
-		return nil
+// acquireSupervisor makes sure the restart supervisor runs and stays until
+// release, so that it sees the containers Up is about to create.
+func (e *Engine) acquireSupervisor(ctx context.Context) (release func(), err error) {
+	if e.opts.Supervisor == nil {
+		return nil, errors.New("restart policies need the restart supervisor, and this compose engine has none (a bug in cilo's wiring)")
 	}
-	p, err := restart.NewPolicy(s.Restart)
-	if err != nil {
-		return nil
-	}
-	return p
+	return e.opts.Supervisor.Acquire(ctx)
 }
 
 func (e *Engine) labels(pl *plan, s types.ServiceConfig, r replica, img containerd.Image, hash, rundir string) map[string]string {
@@ -501,6 +520,9 @@ func (e *Engine) labels(pl *plan, s types.ServiceConfig, r replica, img containe
 	if h := healthcheckOf(s); h != nil {
 		b, _ := json.Marshal(healthLabel{Cmd: h.cmd, Timeout: h.timeout})
 		l[labelHealth] = string(b)
+	}
+	if pol := pl.policies[s.Name]; pol.Mode != supervise.No {
+		l[supervise.LabelPolicy] = pol.String()
 	}
 	for k, v := range map[string]string{
 		labelProject:      pl.env.Project,
@@ -714,9 +736,16 @@ func (e *Engine) removeContainer(ctx context.Context, ctr containerd.Container) 
 	if err != nil {
 		return fmt.Errorf("read labels of %s: %w", ctr.ID(), err)
 	}
-	// First out of the restart monitor's hands, or it revives the task.
-	if err := ctr.Update(ctx, restart.WithNoRestarts); err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("disable restarts of %s: %w", ctr.ID(), err)
+	// The env's lock keeps the supervisor from restarting the task while
+	// it is stopped here; the mark keeps it from reviving the container
+	// should this removal fail halfway.
+	if labels[supervise.LabelPolicy] != "" {
+		if _, err := ctr.SetLabels(ctx, supervise.StoppedLabels()); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("mark %s as stopped by the user: %w", ctr.ID(), err)
+		}
+	}
+	if err := leaveRestartMonitor(ctx, ctr, labels); err != nil {
+		return err
 	}
 	if err := stopTask(ctx, ctr, labels); err != nil {
 		return err
@@ -732,6 +761,20 @@ func (e *Engine) removeContainer(ctx context.Context, ctr containerd.Container) 
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// leaveRestartMonitor takes a container made by a cilo from before the
+// supervisor out of containerd's restart monitor, which would otherwise
+// revive its task (as "always", whatever the policy) while cilo stops or
+// reuses it: one actor restarts tasks, the supervisor.
+func leaveRestartMonitor(ctx context.Context, ctr containerd.Container, labels map[string]string) error {
+	if _, ok := labels[restart.StatusLabel]; !ok {
+		return nil
+	}
+	if err := ctr.Update(ctx, restart.WithNoRestarts); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("take %s out of containerd's restart monitor: %w", ctr.ID(), err)
+	}
+	return nil
 }
 
 func stopTask(ctx context.Context, ctr containerd.Container, labels map[string]string) error {

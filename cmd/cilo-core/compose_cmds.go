@@ -6,17 +6,21 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cilo-dev/cilo/compose"
+	"github.com/cilo-dev/cilo/compose/supervise"
 )
 
 // composeEngine is the compose backend for the resolved config; it
-// connects to containerd only when used.
+// connects to containerd only when used. Its restart supervisor is this
+// program, started in the background with the same config.
 func (a *app) composeEngine() *compose.Engine {
 	return compose.New(compose.Options{
 		Address:   a.cfg.ContainerdAddress,
@@ -28,12 +32,42 @@ func (a *app) composeEngine() *compose.Engine {
 		DNSSuffix: a.cfg.DNSSuffix,
 		Logf:      func(format string, args ...any) { fmt.Fprintf(a.stderr, "cilo: "+format+"\n", args...) },
 		Progress:  a.stderr,
+		Supervisor: &supervise.Launcher{
+			RunDir:  a.cfg.RunDir,
+			LogFile: filepath.Join(a.cfg.StateDir, "logs", "supervise.log"),
+			Env:     a.cfg.Environ(),
+		},
 	})
 }
 
 // composeCommands are the compose area's commands.
 func composeCommands(a *app) []*cobra.Command {
-	return []*cobra.Command{logsCmd(a), execCmd(a), psCmd(a), imageCmd(a), composeLogCmd()}
+	return []*cobra.Command{logsCmd(a), execCmd(a), psCmd(a), imageCmd(a), composeLogCmd(), superviseCmd(a)}
+}
+
+// superviseCmd is the restart supervisor, which cilo up starts in the
+// background (see package supervise); users never call it.
+func superviseCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:    supervise.Command,
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			e := a.composeEngine()
+			defer e.Close()
+			return supervise.Run(ctx, supervise.Options{
+				Address:   a.cfg.ContainerdAddress,
+				Namespace: a.cfg.ContainerdNamespace,
+				RunDir:    a.cfg.RunDir,
+				Restarter: e,
+				Logf: func(format string, args ...any) {
+					fmt.Fprintf(a.stderr, time.Now().UTC().Format(time.RFC3339)+" "+format+"\n", args...)
+				},
+			})
+		},
+	}
 }
 
 // composeLogCmd is the logging binary containerd runs for services with a

@@ -28,8 +28,11 @@ func composeWorld(t *testing.T) *world {
 	w.env = append(w.env, "CILO_CONTAINERD_NAMESPACE="+ns)
 	t.Cleanup(func() {
 		// After the world's own cleanup destroyed the envs (cleanups run
-		// last-in first-out, so this one runs first: destroy here).
+		// last-in first-out, so this one runs first: destroy here). The
+		// restart supervisor exits by itself then, unless a test failed
+		// halfway.
 		w.cleanup()
+		w.stopSupervisor()
 		exec.Command("sh", "-c", "ctr -n "+ns+" images ls -q | xargs -r ctr -n "+ns+" images rm; ctr -n "+ns+" content ls -q | xargs -r ctr -n "+ns+" content rm; ctr namespaces rm "+ns).Run()
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -42,6 +45,20 @@ func composeWorld(t *testing.T) *world {
 		t.Fatalf("cilo image load: %q", out)
 	}
 	return w
+}
+
+// containerdNamespace is the world's own containerd namespace.
+func (w *world) containerdNamespace() string {
+	ns := ""
+	for _, kv := range w.env {
+		if v, ok := strings.CutPrefix(kv, "CILO_CONTAINERD_NAMESPACE="); ok {
+			ns = v
+		}
+	}
+	if ns == "" {
+		w.t.Fatal("world has no containerd namespace: make it with composeWorld")
+	}
+	return ns
 }
 
 const composeFile = `services:
@@ -164,13 +181,7 @@ func TestComposeThroughCLI(t *testing.T) {
 		t.Fatalf("cilo up -f alt.yaml: containers %v, want only solo", alt)
 	}
 	w.mustCilo("destroy", "--force", "one", "two", "alt")
-	ns := ""
-	for _, kv := range w.env {
-		if v, ok := strings.CutPrefix(kv, "CILO_CONTAINERD_NAMESPACE="); ok {
-			ns = v
-		}
-	}
-	if out, _ := exec.Command("ctr", "-n", ns, "containers", "ls", "-q").Output(); strings.TrimSpace(string(out)) != "" {
+	if out, _ := exec.Command("ctr", "-n", w.containerdNamespace(), "containers", "ls", "-q").Output(); strings.TrimSpace(string(out)) != "" {
 		t.Fatalf("containers left after destroy: %s", out)
 	}
 	w.assertNothingLeft()
