@@ -91,6 +91,15 @@ func richTree(t *testing.T, dir string) (skipped []string) {
 	if err := os.MkdirAll(filepath.Join(dir, "empty/dir"), 0o750); err != nil {
 		t.Fatal(err)
 	}
+	// More entries in one directory than one copy task takes, and a
+	// directory that is read-only once filled.
+	for i := 0; i < 3*copyChunk+1; i++ {
+		writeFile(t, dir, fmt.Sprintf("many/f%03d", i), fmt.Sprint(i), 0o640)
+	}
+	writeFile(t, dir, "read-only/inside.txt", "ro\n", 0o444)
+	if err := os.Chmod(filepath.Join(dir, "read-only"), 0o555); err != nil {
+		t.Fatal(err)
+	}
 	for _, l := range []struct{ target, name string }{
 		{"README.md", "link-file"},
 		{"src", "link-dir"},
