@@ -41,14 +41,22 @@ type walkResult struct {
 // children. Excluded paths are not descended into, and special files are
 // recorded in skipped instead of entries so that no copy ever opens a FIFO
 // (which would hang). Directories are read by several goroutines: on a
-// large tree the walk is stat after stat, and those overlap well.
-func walkTree(ctx context.Context, root string, ex *excluder) (*walkResult, error) {
-	rootNode := &dirNode{e: &entry{}}
-	if err := unix.Lstat(root, &rootNode.e.st); err != nil {
-		return nil, fmt.Errorf("stat %s: %w", root, err)
+// large tree the walk is stat after stat, and those overlap well. With a
+// watch set, each directory is watched before it is read (see
+// [watchSet]).
+func walkTree(ctx context.Context, root string, ex *excluder, ws *watchSet) (*walkResult, error) {
+	return walkFrom(ctx, root, "", ex, ws)
+}
+
+// walkFrom is [walkTree] of the directory rel below root; entries are
+// named relative to root.
+func walkFrom(ctx context.Context, root, rel string, ex *excluder, ws *watchSet) (*walkResult, error) {
+	rootNode := &dirNode{e: &entry{rel: rel}}
+	if err := unix.Lstat(join(root, rel), &rootNode.e.st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", join(root, rel), err)
 	}
 	if rootNode.e.typ() != unix.S_IFDIR {
-		return nil, fmt.Errorf("source %s: not a directory", root)
+		return nil, fmt.Errorf("source %s: not a directory", join(root, rel))
 	}
 	var (
 		wg    sync.WaitGroup
@@ -64,7 +72,7 @@ func walkTree(ctx context.Context, root string, ex *excluder) (*walkResult, erro
 			fail(err)
 			return
 		}
-		if err := n.read(root, ex); err != nil {
+		if err := n.read(root, ex, ws); err != nil {
 			fail(err)
 			return
 		}
@@ -128,13 +136,16 @@ type dirNode struct {
 
 // read lists the directory and stats its entries relative to its
 // descriptor: one path lookup per directory, not one per entry.
-func (n *dirNode) read(root string, ex *excluder) error {
+func (n *dirNode) read(root string, ex *excluder, ws *watchSet) error {
 	dir := join(root, n.e.rel)
 	fd, err := openDir(dir)
 	if err != nil {
 		return fmt.Errorf("read directory %s: %w", dir, err)
 	}
 	defer unix.Close(fd)
+	ws.add(fd, n.e.rel)
+	// The directory's own stamp is taken after its watch is in place, so
+	// an entry added from now on is seen by the watch or by this walk.
 	if err := unix.Fstat(fd, &n.e.st); err != nil {
 		return fmt.Errorf("stat %s: %w", dir, err)
 	}
@@ -610,7 +621,7 @@ func isTerminal(w io.Writer) bool {
 // snapshotTree copies src into dst (created here) and reports whether every
 // regular file was reflinked. On any error dst is removed.
 func snapshotTree(ctx context.Context, src, dst string, ex *excluder, tryReflink bool, progOut io.Writer, logf func(string, ...any)) (bool, error) {
-	w, err := walkTree(ctx, src, ex)
+	w, err := walkTree(ctx, src, ex, nil)
 	if err != nil {
 		return false, err
 	}
