@@ -35,6 +35,26 @@ func addWatch(fd int, path string) (int32, error) {
 
 func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
+// zfsSuperMagic is ZFS on Linux's statfs type (x/sys has no name for it).
+const zfsSuperMagic = 0x2fc12fc1
+
+// watchableFS refuses the filesystem of the directory open at fd unless it
+// is local: on network and FUSE filesystems changes made elsewhere raise
+// no event here, and through an overlay changes made to its layers
+// directly raise none either.
+func watchableFS(fd int) error {
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return err
+	}
+	switch uint32(fs.Type) {
+	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC, unix.TMPFS_MAGIC, unix.RAMFS_MAGIC,
+		unix.F2FS_SUPER_MAGIC, unix.BCACHEFS_SUPER_MAGIC, zfsSuperMagic:
+		return nil
+	}
+	return fmt.Errorf("filesystem type %#x: not known to report every change to inotify", fs.Type)
+}
+
 // watchSet is the inotify instance a Create fills while it reads a source
 // that has no watcher yet: each directory is watched before its entries
 // are read, so from the instance's creation on, every change is either in
@@ -62,7 +82,11 @@ func (s *watchSet) add(fd int, rel string) {
 	if s == nil {
 		return
 	}
-	wd, err := addWatch(s.fd, fdPath(fd))
+	err := watchableFS(fd)
+	var wd int32
+	if err == nil {
+		wd, err = addWatch(s.fd, fdPath(fd))
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err == nil {
@@ -333,7 +357,11 @@ func (t *tracker) watchTree(rel string) error {
 		return nil // gone again, or no longer a directory: its parent's events say so
 	}
 	defer unix.Close(fd)
-	wd, err := addWatch(t.fd, fdPath(fd))
+	err = watchableFS(fd)
+	var wd int32
+	if err == nil {
+		wd, err = addWatch(t.fd, fdPath(fd))
+	}
 	if err == nil {
 		err = t.dirs.claim(wd, rel)
 	}

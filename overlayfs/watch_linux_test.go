@@ -257,6 +257,30 @@ func TestTrackerStale(t *testing.T) {
 	}
 }
 
+// TestWatchableFS checks that only local filesystems are watched.
+func TestWatchableFS(t *testing.T) {
+	tests := []struct {
+		name, dir string
+		ok        bool
+	}{
+		{"temp_dir", t.TempDir(), true},
+		{"procfs", "/proc", false},
+		{"sysfs", "/sys", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fd, err := openDir(tt.dir)
+			if err != nil {
+				t.Skip(err)
+			}
+			defer unix.Close(fd)
+			if err := watchableFS(fd); (err == nil) != tt.ok {
+				t.Errorf("watchableFS(%s) = %v, want ok %v", tt.dir, err, tt.ok)
+			}
+		})
+	}
+}
+
 // TestTrackerBounded checks that a tracker says "not itemized" once more
 // paths changed than a thin layer takes, and itemizes again after a mark
 // newer than that.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -102,8 +103,9 @@ func (m *Manager) findWatcher(ctx context.Context, key, class string) (*watchRep
 }
 
 // startWatcher starts the watcher process for h.Key, handing it the watch
-// set (which it now owns) and the held lock. It does not wait for it: the
-// next Create does, briefly, if it comes too soon.
+// set (which it now owns) and the held lock, and writes the watcher's pid
+// into the lock file. It does not wait for it: the next Create does,
+// briefly, if it comes too soon.
 func (m *Manager) startWatcher(ws *watchSet, lock *os.File, h watchHandoff) error {
 	defer lock.Close()
 	ino := os.NewFile(uintptr(ws.fd), "inotify")
@@ -137,6 +139,8 @@ func (m *Manager) startWatcher(ws *watchSet, lock *os.File, h watchHandoff) erro
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start watcher %s: %w", cmd.Path, err)
 	}
+	// From now on a Create that finds the lock held waits for the watcher.
+	lock.WriteAt([]byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0)
 	go cmd.Wait() // reaps it in a long-lived caller
 	return nil
 }

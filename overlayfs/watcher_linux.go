@@ -89,9 +89,10 @@ type watchMark struct {
 
 // RunWatcher is the body of a watcher process, which a [Manager] made
 // [WithWatcher] starts on its own: it reads its state from stdin and its
-// inotify instance and lock from fds 3 and 4. It returns when ctx is done,
-// when it can no longer vouch for its source (events lost, source gone)
-// or when no env of its source is left. It never writes to the source.
+// inotify instance and lock from fds 3 and 4 (the lock file names its
+// pid). It returns when ctx is done, when it can no longer vouch for its
+// source (events lost, source gone) or when no env of its source is left.
+// It never writes to the source.
 func RunWatcher(ctx context.Context, logf func(string, ...any)) error {
 	var h watchHandoff
 	if err := gob.NewDecoder(os.Stdin).Decode(&h); err != nil {
@@ -101,9 +102,6 @@ func RunWatcher(ctx context.Context, logf func(string, ...any)) error {
 	defer lock.Close()
 	unix.CloseOnExec(watchFDLock)
 	unix.CloseOnExec(watchFDInotify)
-	if err := lock.Truncate(0); err == nil {
-		lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	}
 	// exec made the descriptor blocking; the poller needs it not to be.
 	if err := unix.SetNonblock(watchFDInotify, true); err != nil {
 		return fmt.Errorf("watcher inotify descriptor: %w", err)
