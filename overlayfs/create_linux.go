@@ -98,9 +98,6 @@ func (m *Manager) create(ctx context.Context, id, source string, o CreateOptions
 	if err := validID(id); err != nil {
 		return nil, 0, err
 	}
-	if _, err := newExcluder(o.Exclude); err != nil {
-		return nil, 0, err
-	}
 	src, err := filepath.Abs(source)
 	if err == nil {
 		src, err = filepath.EvalSymlinks(src)

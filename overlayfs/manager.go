@@ -121,9 +121,9 @@ type Manager struct {
 //	w/<id>/m/            its mount point (ModeOverlay) or
 //	w/<id>/tree/         its copy (ModeReflink, ModeCopy)
 //	w/<id>/git/          its private git dir when the source is a worktree
-//	watch/<key>.sock     a source's watcher (see RunWatcher), its
-//	watch/<key>.lock     lock, held by the watcher and naming its pid,
-//	watch/log            and the watchers' log
+//	watch/<key>.sock     a source's watcher (see RunWatcher)
+//	watch/<key>.lock     held by that watcher; names its pid
+//	watch/log            what the watchers did
 const (
 	dirBases = "b"
 	dirWS    = "w"
