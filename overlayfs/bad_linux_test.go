@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -20,6 +21,9 @@ import (
 // assertEmptyRoot fails when a failed Create left anything behind.
 func assertEmptyRoot(t *testing.T, root string) {
 	t.Helper()
+	if pids := watcherPIDs(root); len(pids) > 0 {
+		t.Errorf("watchers left running: %v", pids)
+	}
 	for _, d := range []string{dirWS, dirBases, dirTmp} {
 		ents, err := os.ReadDir(filepath.Join(root, d))
 		if err != nil {
@@ -116,9 +120,23 @@ func TestCreateBadInput(t *testing.T) {
 // exist for another user.
 const helperEnv = "OVERLAYFS_TEST_HELPER"
 
+// watcherEnv makes the test binary act as a watcher process: tests'
+// Managers start it as the CLI starts `cilo workspace-watch`.
+const watcherEnv = "OVERLAYFS_TEST_WATCHER"
+
 func TestMain(m *testing.M) {
 	if args := os.Getenv(helperEnv); args != "" {
 		os.Exit(helperMain(args))
+	}
+	if os.Getenv(watcherEnv) != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := RunWatcher(ctx, func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) })
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }

@@ -30,6 +30,7 @@ func (e *entry) typ() uint32 { return e.st.Mode & unix.S_IFMT }
 
 // walkResult is a whole tree as seen by [walkTree].
 type walkResult struct {
+	tree    *dirNode // the walked directory and everything below it
 	entries []*entry // parents before children
 	files   int
 	bytes   int64
@@ -40,14 +41,22 @@ type walkResult struct {
 // children. Excluded paths are not descended into, and special files are
 // recorded in skipped instead of entries so that no copy ever opens a FIFO
 // (which would hang). Directories are read by several goroutines: on a
-// large tree the walk is lstat after lstat, and those overlap well.
-func walkTree(ctx context.Context, root string, ex *excluder) (*walkResult, error) {
-	rootNode := &dirNode{e: &entry{}}
-	if err := unix.Lstat(root, &rootNode.e.st); err != nil {
-		return nil, fmt.Errorf("stat %s: %w", root, err)
+// large tree the walk is stat after stat, and those overlap well. With a
+// watch set, each directory is watched before it is read (see
+// [watchSet]).
+func walkTree(ctx context.Context, root string, ex *excluder, ws *watchSet) (*walkResult, error) {
+	return walkFrom(ctx, root, "", ex, ws)
+}
+
+// walkFrom is [walkTree] of the directory rel below root; entries are
+// named relative to root.
+func walkFrom(ctx context.Context, root, rel string, ex *excluder, ws *watchSet) (*walkResult, error) {
+	rootNode := &dirNode{e: &entry{rel: rel}}
+	if err := unix.Lstat(join(root, rel), &rootNode.e.st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", join(root, rel), err)
 	}
 	if rootNode.e.typ() != unix.S_IFDIR {
-		return nil, fmt.Errorf("source %s: not a directory", root)
+		return nil, fmt.Errorf("source %s: not a directory", join(root, rel))
 	}
 	var (
 		wg    sync.WaitGroup
@@ -63,7 +72,7 @@ func walkTree(ctx context.Context, root string, ex *excluder) (*walkResult, erro
 			fail(err)
 			return
 		}
-		if err := n.read(root, ex); err != nil {
+		if err := n.read(root, ex, ws); err != nil {
 			fail(err)
 			return
 		}
@@ -83,7 +92,7 @@ func walkTree(ctx context.Context, root string, ex *excluder) (*walkResult, erro
 	if first != nil {
 		return nil, first
 	}
-	res := &walkResult{}
+	res := &walkResult{tree: rootNode}
 	inodes := map[[2]uint64]string{}
 	var collect func(n *dirNode)
 	collect = func(n *dirNode) {
@@ -125,21 +134,29 @@ type dirNode struct {
 	skipped  []string
 }
 
-func (n *dirNode) read(root string, ex *excluder) error {
+// read lists the directory and stats its entries relative to its
+// descriptor: one path lookup per directory, not one per entry.
+func (n *dirNode) read(root string, ex *excluder, ws *watchSet) error {
 	dir := join(root, n.e.rel)
-	f, err := os.Open(dir)
+	fd, err := openDir(dir)
 	if err != nil {
 		return fmt.Errorf("read directory %s: %w", dir, err)
 	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
+	defer unix.Close(fd)
+	ws.add(fd, n.e.rel)
+	// The directory's own stamp is taken after its watch is in place, so
+	// an entry added from now on is seen by the watch or by this walk.
+	if err := unix.Fstat(fd, &n.e.st); err != nil {
+		return fmt.Errorf("stat %s: %w", dir, err)
+	}
+	names, err := dirNames(fd)
 	if err != nil {
 		return fmt.Errorf("read directory %s: %w", dir, err)
 	}
 	sort.Strings(names)
 	for _, name := range names {
 		e := &entry{rel: join2(n.e.rel, name)}
-		if err := unix.Lstat(dir+"/"+name, &e.st); err != nil {
+		if err := unix.Fstatat(fd, name, &e.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue // removed while we walked
 			}
@@ -161,11 +178,44 @@ func (n *dirNode) read(root string, ex *excluder) error {
 	return nil
 }
 
+// openDir opens a directory for reading without following a symlink and,
+// where allowed, without moving its access time.
+func openDir(path string) (int, error) {
+	flags := unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Open(path, flags|unix.O_NOATIME, 0)
+	if errors.Is(err, unix.EPERM) {
+		fd, err = unix.Open(path, flags, 0)
+	}
+	return fd, err
+}
+
+// dirNames returns the names in the directory open at fd, "." and ".."
+// left out.
+func dirNames(fd int) ([]string, error) {
+	buf := make([]byte, 8<<10)
+	var names []string
+	for {
+		n, err := unix.ReadDirent(fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+}
+
 // copier copies entries from one tree to another, preserving modes,
 // ownership, timestamps, symlinks and hardlinks. Regular files are cloned
 // with FICLONE while the filesystem allows it and copied with
-// copy_file_range otherwise, by several workers at once: on small files the
-// cost is syscalls, not bandwidth, so parallelism pays even on 2 cores.
+// copy_file_range otherwise, by several workers at once. On a tree of
+// small files the cost is the filesystem's work per inode (create, clone,
+// set times), so every call goes relative to an open directory: a path
+// lookup per directory, not per file.
 type copier struct {
 	src, dst string
 	reflink  atomic.Int32 // 0 untried, 1 works, -1 unavailable
@@ -196,138 +246,191 @@ func join(root, rel string) string {
 	return root + "/" + rel
 }
 
-// copyTree copies every entry of w into c.dst, which must exist and be
-// empty. Directory metadata is applied last, deepest first, so read-only
-// directories can still be filled and their mtimes survive.
-func (c *copier) copyTree(ctx context.Context, w *walkResult, prog *progress) error {
-	var dirs, work, links []*entry
-	for _, e := range w.entries {
-		switch {
-		case e.typ() == unix.S_IFDIR:
-			dirs = append(dirs, e)
-		case e.link != "":
-			links = append(links, e)
-		default:
-			work = append(work, e)
-		}
-	}
-	for _, d := range dirs[1:] {
-		if err := unix.Mkdir(c.dstPath(d.rel), 0o700); err != nil {
-			return fmt.Errorf("create directory %s: %w", c.dstPath(d.rel), err)
-		}
-	}
-	if err := c.parallel(ctx, work, prog); err != nil {
-		return err
-	}
-	for _, l := range links {
-		if err := unix.Link(c.dstPath(l.link), c.dstPath(l.rel)); err != nil {
-			// Hardlinks are kept "where possible": a copy is still correct.
-			if err := c.copyEntry(l); err != nil {
-				return err
-			}
-		}
-	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := c.setMeta(c.dstPath(dirs[i].rel), &dirs[i].st, false); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func baseName(rel string) string { return rel[strings.LastIndexByte(rel, '/')+1:] }
 
-func (c *copier) parallel(ctx context.Context, work []*entry, prog *progress) error {
-	n := 4 * runtime.NumCPU()
-	if n > 16 {
-		n = 16
-	}
+// copyChunk is how many entries of one directory a worker copies before
+// the rest of that directory is handed to other workers.
+const copyChunk = 128
+
+// copyTree copies every entry of w into c.dst, which must exist and be
+// empty. Each directory is one task (more for large ones) that makes its
+// subdirectories and copies its files; subdirectories become tasks of
+// their own. Hardlinks follow once every file exists, and directory
+// metadata comes last, deepest first, so read-only directories can be
+// filled and their mtimes survive.
+func (c *copier) copyTree(ctx context.Context, w *walkResult, prog *progress) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		wg      sync.WaitGroup
-		once    sync.Once
-		first   error
-		next    atomic.Int64
-		stopped = ctx.Done()
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+		sem   = make(chan struct{}, min(4*runtime.NumCPU(), 16))
 	)
-	fail := func(err error) {
-		once.Do(func() { first = err; cancel() })
-	}
-	for i := 0; i < n; i++ {
+	fail := func(err error) { once.Do(func() { first = err; cancel() }) }
+	var task func(n *dirNode, lo int)
+	spawn := func(n *dirNode, lo int) {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stopped:
-					return
-				default:
-				}
-				j := int(next.Add(1)) - 1
-				if j >= len(work) {
-					return
-				}
-				if err := c.copyEntry(work[j]); err != nil {
-					fail(err)
-					return
-				}
-				prog.tick(c)
-			}
-		}()
+		select {
+		case sem <- struct{}{}:
+			go func() { task(n, lo); <-sem }()
+		default:
+			task(n, lo)
+		}
 	}
+	task = func(n *dirNode, lo int) {
+		defer wg.Done()
+		if ctx.Err() != nil {
+			return
+		}
+		hi := min(lo+copyChunk, len(n.children))
+		if lo == 0 {
+			for next := hi; next < len(n.children); next += copyChunk {
+				spawn(n, next)
+			}
+		}
+		if err := c.copyDirPart(ctx, n, lo, hi, prog); err != nil {
+			fail(err)
+			return
+		}
+		if lo == 0 {
+			for _, sub := range n.subdirs {
+				spawn(sub, 0)
+			}
+		}
+	}
+	wg.Add(1)
+	task(w.tree, 0)
 	wg.Wait()
 	if first != nil {
 		return first
 	}
-	return ctx.Err()
-}
-
-func (c *copier) copyEntry(e *entry) error {
-	dst := c.dstPath(e.rel)
-	switch e.typ() {
-	case unix.S_IFLNK:
-		target, err := os.Readlink(c.srcPath(e.rel))
-		if err != nil {
-			return fmt.Errorf("read symlink %s: %w", c.srcPath(e.rel), err)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, e := range w.entries {
+		if e.link == "" {
+			continue
 		}
-		if err := unix.Symlink(target, dst); err != nil {
-			return fmt.Errorf("create symlink %s: %w", dst, err)
+		if err := unix.Link(c.dstPath(e.link), c.dstPath(e.rel)); err != nil {
+			// Hardlinks are kept "where possible": a copy is still correct.
+			if err := c.copyEntry(e); err != nil {
+				return err
+			}
 		}
-		return c.setMeta(dst, &e.st, true)
-	case unix.S_IFREG:
-		if err := c.copyFile(c.srcPath(e.rel), dst, &e.st); err != nil {
-			return err
+	}
+	for i := len(w.entries) - 1; i >= 0; i-- {
+		if e := w.entries[i]; e.typ() == unix.S_IFDIR {
+			if err := setMeta(c.dstPath(e.rel), &e.st, false, c.asRoot); err != nil {
+				return err
+			}
 		}
-		c.doneFiles.Add(1)
-		c.doneBytes.Add(e.st.Size)
-		return nil
 	}
 	return nil
 }
 
-func (c *copier) copyFile(src, dst string, st *unix.Stat_t) error {
+// copyDirPart copies children lo to hi of directory n. The part holding
+// the first child also makes all of n's subdirectories, before their own
+// tasks start.
+func (c *copier) copyDirPart(ctx context.Context, n *dirNode, lo, hi int, prog *progress) error {
+	sdir, err := unix.Open(c.srcPath(n.e.rel), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open directory %s: %w", c.srcPath(n.e.rel), err)
+	}
+	defer unix.Close(sdir)
+	ddir, err := unix.Open(c.dstPath(n.e.rel), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open directory %s: %w", c.dstPath(n.e.rel), err)
+	}
+	defer unix.Close(ddir)
+	if lo == 0 {
+		for _, sub := range n.subdirs {
+			if err := unix.Mkdirat(ddir, baseName(sub.e.rel), 0o700); err != nil {
+				return fmt.Errorf("create directory %s: %w", c.dstPath(sub.e.rel), err)
+			}
+		}
+	}
+	for _, e := range n.children[lo:hi] {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if e.typ() == unix.S_IFDIR || e.link != "" {
+			continue
+		}
+		name := baseName(e.rel)
+		if err := c.copyAt(sdir, name, ddir, name, e); err != nil {
+			return err
+		}
+		prog.tick(c)
+	}
+	return nil
+}
+
+// copyEntry copies one file or symlink by path.
+func (c *copier) copyEntry(e *entry) error {
+	return c.copyAt(unix.AT_FDCWD, c.srcPath(e.rel), unix.AT_FDCWD, c.dstPath(e.rel), e)
+}
+
+// copyAt copies the file or symlink e, named sname relative to sdir and
+// dname relative to ddir.
+func (c *copier) copyAt(sdir int, sname string, ddir int, dname string, e *entry) error {
+	switch e.typ() {
+	case unix.S_IFLNK:
+		target, err := readlinkAt(sdir, sname)
+		if err != nil {
+			return fmt.Errorf("read symlink %s: %w", c.srcPath(e.rel), err)
+		}
+		if err := unix.Symlinkat(target, ddir, dname); err != nil {
+			return fmt.Errorf("create symlink %s: %w", c.dstPath(e.rel), err)
+		}
+		return setMeta(c.dstPath(e.rel), &e.st, true, c.asRoot)
+	case unix.S_IFREG:
+		if err := c.copyFile(sdir, sname, ddir, dname, e); err != nil {
+			return err
+		}
+		c.doneFiles.Add(1)
+		c.doneBytes.Add(e.st.Size)
+	}
+	return nil
+}
+
+func readlinkAt(dir int, name string) (string, error) {
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Readlinkat(dir, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < size {
+			return string(buf[:n]), nil
+		}
+	}
+}
+
+func (c *copier) copyFile(sdir int, sname string, ddir int, dname string, e *entry) error {
 	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	in, err := unix.Open(src, flags|unix.O_NOATIME, 0)
+	in, err := unix.Openat(sdir, sname, flags|unix.O_NOATIME, 0)
 	if errors.Is(err, unix.EPERM) {
-		in, err = unix.Open(src, flags, 0)
+		in, err = unix.Openat(sdir, sname, flags, 0)
 	}
 	if err != nil {
-		return fmt.Errorf("open %s: %w", src, err)
+		return fmt.Errorf("open %s: %w", c.srcPath(e.rel), err)
 	}
 	defer unix.Close(in)
-	out, err := unix.Open(dst, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, st.Mode&0o777)
+	out, err := unix.Openat(ddir, dname, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, e.st.Mode&0o777)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", dst, err)
+		return fmt.Errorf("create %s: %w", c.dstPath(e.rel), err)
 	}
-	if err := c.fill(in, out, st.Size); err != nil {
+	if err := c.fill(in, out, e.st.Size); err != nil {
 		unix.Close(out)
-		return fmt.Errorf("copy %s: %w", src, err)
+		return fmt.Errorf("copy %s: %w", c.srcPath(e.rel), err)
 	}
-	if err := c.setMetaFd(out, dst, st); err != nil {
+	if err := c.setMetaFd(out, e); err != nil {
 		unix.Close(out)
 		return err
 	}
 	if err := unix.Close(out); err != nil {
-		return fmt.Errorf("close %s: %w", dst, err)
+		return fmt.Errorf("close %s: %w", c.dstPath(e.rel), err)
 	}
 	return nil
 }
@@ -401,23 +504,24 @@ func plainCopy(in, out int) error {
 // created with st's permission bits. On a tree of small files these calls
 // are most of the cost, so each is made only when the new file differs.
 // Ownership goes first because chown clears the setuid and setgid bits.
-func (c *copier) setMetaFd(fd int, path string, st *unix.Stat_t) error {
+func (c *copier) setMetaFd(fd int, e *entry) error {
+	st := &e.st
 	chown := c.asRoot && (st.Uid != c.uid || st.Gid != c.gid)
 	if chown {
 		if err := unix.Fchown(fd, int(st.Uid), int(st.Gid)); err != nil {
-			return fmt.Errorf("chown %s: %w", path, err)
+			return fmt.Errorf("chown %s: %w", c.dstPath(e.rel), err)
 		}
 	}
 	want := st.Mode & 0o7777
 	if want&0o7000 != 0 || want&c.umask != 0 {
 		if err := unix.Fchmod(fd, want); err != nil {
-			return fmt.Errorf("chmod %s: %w", path, err)
+			return fmt.Errorf("chmod %s: %w", c.dstPath(e.rel), err)
 		}
 	}
 	ts := [2]unix.Timespec{st.Atim, st.Mtim}
 	// utimensat(fd, NULL, ...) is futimens: no second path lookup.
 	if _, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0); errno != 0 {
-		return fmt.Errorf("set times of %s: %w", path, errno)
+		return fmt.Errorf("set times of %s: %w", c.dstPath(e.rel), errno)
 	}
 	return nil
 }
@@ -440,10 +544,6 @@ func readUmask() uint32 {
 
 // setMeta applies ownership, mode and timestamps to a path; symlinks have
 // no mode of their own.
-func (c *copier) setMeta(path string, st *unix.Stat_t, symlink bool) error {
-	return setMeta(path, st, symlink, c.asRoot)
-}
-
 func setMeta(path string, st *unix.Stat_t, symlink, asRoot bool) error {
 	if asRoot {
 		if err := unix.Fchownat(unix.AT_FDCWD, path, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -521,7 +621,7 @@ func isTerminal(w io.Writer) bool {
 // snapshotTree copies src into dst (created here) and reports whether every
 // regular file was reflinked. On any error dst is removed.
 func snapshotTree(ctx context.Context, src, dst string, ex *excluder, tryReflink bool, progOut io.Writer, logf func(string, ...any)) (bool, error) {
-	w, err := walkTree(ctx, src, ex)
+	w, err := walkTree(ctx, src, ex, nil)
 	if err != nil {
 		return false, err
 	}

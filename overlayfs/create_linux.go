@@ -88,29 +88,31 @@ func (m *Manager) lock() (func(), error) { return flock(filepath.Join(m.root, "l
 // Create makes workspace id from source. It fails if id exists. On any
 // error nothing of the workspace is left behind, and a base made only for it
 // is removed too. The source is only read.
-func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions) (ws *Workspace, err error) {
+func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions) (*Workspace, error) {
+	ws, _, err := m.create(ctx, id, source, o)
+	return ws, err
+}
+
+// create is Create, also saying how the source's state was learned.
+func (m *Manager) create(ctx context.Context, id, source string, o CreateOptions) (ws *Workspace, how readHow, err error) {
 	if err := validID(id); err != nil {
-		return nil, err
-	}
-	ex, err := newExcluder(o.Exclude)
-	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	src, err := filepath.Abs(source)
 	if err == nil {
 		src, err = filepath.EvalSymlinks(src)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("source %s: %w", source, err)
+		return nil, 0, fmt.Errorf("source %s: %w", source, err)
 	}
 	if fi, err := os.Stat(src); err != nil {
-		return nil, fmt.Errorf("source %s: %w", src, err)
+		return nil, 0, fmt.Errorf("source %s: %w", src, err)
 	} else if !fi.IsDir() {
-		return nil, fmt.Errorf("source %s: not a directory", src)
+		return nil, 0, fmt.Errorf("source %s: not a directory", src)
 	}
-	// A root inside the source would snapshot itself: leave it out.
-	if rel, err := filepath.Rel(src, m.root); err == nil && rel != "." && !strings.HasPrefix(rel, "..") {
-		ex.pats = append(ex.pats, pattern{anchored: true, segs: strings.Split(filepath.ToSlash(rel), "/")})
+	ex, err := sourceExcluder(src, m.root, o.Exclude)
+	if err != nil {
+		return nil, 0, err
 	}
 	mode := m.mode()
 	class := classCopy
@@ -121,9 +123,9 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 	dir := m.wsDir(id)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("workspace %q: %w", id, ErrExists)
+			return nil, 0, fmt.Errorf("workspace %q: %w", id, ErrExists)
 		}
-		return nil, fmt.Errorf("create workspace %q: %w", id, err)
+		return nil, 0, fmt.Errorf("create workspace %q: %w", id, err)
 	}
 	defer func() {
 		if err != nil {
@@ -152,29 +154,13 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 		}
 		return m.writeWS(meta, false)
 	}
-	// Fast path: the source is exactly as when its newest base was made.
-	var base *baseMeta
-	if prev := m.newestBase(src, o.Exclude, class); prev != nil {
-		if man, err := readManifest(filepath.Join(m.baseDir(prev.ID), "manifest")); err == nil && unchanged(ctx, src, man) {
-			if base, _, err = m.registerExisting(prev.ID, register); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if base == nil {
-		w, err := walkTree(ctx, src, ex)
-		if err != nil {
-			return nil, fmt.Errorf("read source state of %s: %w", src, err)
-		}
-		man := manifestFromWalk(w)
-		base, err = m.ensureBase(ctx, man.key(class, src, o.Exclude), src, w, man, ex, o.Exclude, class, register)
-		if err != nil {
-			return nil, err
-		}
+	base, how, err := m.sourceBase(ctx, src, ex, o.Exclude, class, register)
+	if err != nil {
+		return nil, 0, err
 	}
 	link, err := readGitLink(src)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if mode == ModeOverlay {
 		err = m.prepareOverlay(meta, base, link)
@@ -182,23 +168,23 @@ func (m *Manager) Create(ctx context.Context, id, source string, o CreateOptions
 		err = m.prepareCopy(ctx, meta, base, link)
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	unlock, err := m.lock()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer unlock()
 	if err := m.writeWS(meta, true); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if mode == ModeOverlay {
 		if err := mountOverlay(meta.Layers, meta.Upper, meta.Work, meta.Path); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	out := meta.Workspace
-	return &out, nil
+	return &out, how, nil
 }
 
 // prepareOverlay makes the upper, work and mount directories. The upper
@@ -284,14 +270,16 @@ func (m *Manager) abort(ctx context.Context, id string) {
 	if err := os.RemoveAll(dir); err != nil {
 		m.logf("clean up workspace %q: %v", id, err)
 	}
-	if err := m.gc(); err != nil {
+	if err := m.gc(ctx); err != nil {
 		m.logf("clean up after workspace %q: %v", id, err)
 	}
 }
 
 // ensureBase finds or builds the base of state key and calls register with
 // it while holding the root lock, so that no concurrent Remove can collect
-// the base between its choice and its first use.
+// the base between its choice and its first use. Without a walk w (a state
+// from a watcher's changed paths) only a thin layer can be built; when a
+// whole snapshot is due it returns errNeedWalk.
 func (m *Manager) ensureBase(ctx context.Context, key, src string, w *walkResult, man manifest, ex *excluder, excludes []string, class string, register func(*baseMeta) error) (*baseMeta, error) {
 	id := key[:20]
 	if b, ok, err := m.registerExisting(id, register); ok || err != nil {
@@ -380,7 +368,11 @@ func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man
 	}
 	ok, err := m.buildThin(ctx, b, man, ex, tmp, allowThin)
 	if err == nil && !ok {
-		err = m.buildFull(ctx, b, w, tmp)
+		if w == nil {
+			err = errNeedWalk
+		} else {
+			err = m.buildFull(ctx, b, w, tmp)
+		}
 	}
 	if err == nil {
 		err = writeManifest(filepath.Join(tmp, "manifest"), man)
@@ -559,12 +551,13 @@ func (m *Manager) Remove(ctx context.Context, id string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove workspace %q: %w", id, err)
 	}
-	return m.gc()
+	return m.gc(ctx)
 }
 
-// gc deletes bases no workspace uses, and builds left by crashed processes.
-// The caller holds the root lock.
-func (m *Manager) gc() error {
+// gc deletes bases no workspace uses, and builds left by crashed processes,
+// and stops the watchers of sources with no base left. The caller holds
+// the root lock.
+func (m *Manager) gc(ctx context.Context) error {
 	used := map[string]bool{}
 	ents, err := os.ReadDir(filepath.Join(m.root, dirWS))
 	if err != nil {
@@ -587,9 +580,13 @@ func (m *Manager) gc() error {
 		return fmt.Errorf("list bases: %w", err)
 	}
 	var errs []error
+	lost := map[string]*baseMeta{} // watch key -> a base of that source going now
 	for _, e := range bases {
 		if used[e.Name()] {
 			continue
+		}
+		if b, err := m.readBase(e.Name()); err == nil {
+			lost[watchKey(b.Source, b.Excludes)] = b
 		}
 		// Rename first so a half-deleted base is never mistaken for one.
 		trash := filepath.Join(m.root, dirTmp, "gc-"+e.Name()+"-"+randHex())
@@ -599,6 +596,11 @@ func (m *Manager) gc() error {
 		}
 		if err := os.RemoveAll(trash); err != nil {
 			errs = append(errs, fmt.Errorf("remove base %s: %w", e.Name(), err))
+		}
+	}
+	for key, b := range lost {
+		if !m.hasBase(b.Source, b.Excludes) {
+			m.stopWatcher(context.WithoutCancel(ctx), key)
 		}
 	}
 	tmps, _ := os.ReadDir(filepath.Join(m.root, dirTmp))

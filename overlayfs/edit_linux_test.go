@@ -246,9 +246,25 @@ func TestExcludeNeverCopied(t *testing.T) {
 
 // TestChurn creates and removes envs from several processes' worth of
 // Managers while the source keeps changing: thin layers, sharing and
-// collection race each other, and every env still sees a whole tree.
+// collection race each other (and with watchers, so do starting, asking
+// and stopping them), and every env still sees a whole tree.
 func TestChurn(t *testing.T) {
 	requireRoot(t)
+	tests := []struct {
+		name string
+		opts []Opt
+	}{
+		{"without_watcher", nil},
+		{"with_watcher", []Opt{withTestWatcher()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			churn(t, tt.opts)
+		})
+	}
+}
+
+func churn(t *testing.T, opts []Opt) {
 	ctx := context.Background()
 	src := gitSource(t)
 	root := filepath.Join(t.TempDir(), "root")
@@ -273,7 +289,7 @@ func TestChurn(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m, err := New(root)
+			m, err := New(root, opts...)
 			if err != nil {
 				errs <- err
 				return

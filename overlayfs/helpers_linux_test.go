@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,12 +27,14 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-// newTestManager returns a Manager on a fresh root whose workspaces are all
-// removed (and unmounted) when the test ends, even when it fails.
+// newTestManager returns a Manager on a fresh root, with watchers as the
+// CLI has them (WithWatcher(nil) turns them off), whose workspaces are all
+// removed (and unmounted) and watchers gone when the test ends, even when
+// it fails.
 func newTestManager(t *testing.T, opts ...Opt) *Manager {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "root")
-	opts = append([]Opt{WithLogf(t.Logf)}, opts...)
+	opts = append([]Opt{WithLogf(t.Logf), withTestWatcher()}, opts...)
 	m, err := New(root, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +43,17 @@ func newTestManager(t *testing.T, opts ...Opt) *Manager {
 	return m
 }
 
+// withTestWatcher starts this test binary as the watcher process.
+func withTestWatcher() Opt {
+	return WithWatcher(func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), watcherEnv+"=1")
+		return cmd
+	})
+}
+
+// cleanupManager removes every workspace, which stops the watchers. A
+// watcher still running after that is an error, and is killed.
 func cleanupManager(t *testing.T, m *Manager) {
 	ents, _ := os.ReadDir(filepath.Join(m.root, dirWS))
 	for _, e := range ents {
@@ -47,6 +61,67 @@ func cleanupManager(t *testing.T, m *Manager) {
 		if err := m.Remove(context.Background(), e.Name()); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
+	}
+	if pids := waitWatchersGone(m.root, 5*time.Second); len(pids) > 0 {
+		t.Errorf("cleanup: watchers still running with no env left: %v", pids)
+		for _, pid := range pids {
+			if pid > 0 {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+		waitWatchersGone(m.root, 5*time.Second)
+	}
+	if t.Failed() {
+		if b, err := os.ReadFile(m.watchPath("", "log")); err == nil {
+			t.Logf("watcher log:\n%s", b)
+		}
+	}
+}
+
+// watcherPIDs returns the pids of the watchers running under root: those
+// holding their lock.
+func watcherPIDs(root string) []int {
+	locks, _ := filepath.Glob(filepath.Join(root, dirWatch, "*.lock"))
+	var pids []int
+	for _, l := range locks {
+		fd, err := lockFD(l, true)
+		if err == nil {
+			unix.Close(fd)
+			continue
+		}
+		b, _ := os.ReadFile(l)
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			pid = -1 // starting: its pid is not written yet
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+func waitWatchersGone(root string, timeout time.Duration) []int {
+	deadline := time.Now().Add(timeout)
+	for {
+		pids := watcherPIDs(root)
+		if len(pids) == 0 || time.Now().After(deadline) {
+			return pids
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitWatcher waits until the watcher of src answers, so that the next
+// Create meets it whatever the machine's load.
+func waitWatcher(t *testing.T, m *Manager, src string, excludes []string) {
+	t.Helper()
+	key := watchKey(src, excludes)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, err := m.askWatcher(context.Background(), key, watchRequest{Op: "state"}); err == nil {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no watcher of %s answers: %v", src, err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -89,6 +164,15 @@ func richTree(t *testing.T, dir string) (skipped []string) {
 	writeFile(t, dir, "odd/new\nline", "newline\n", 0o644)
 	writeFile(t, dir, "src/main.go", "package main\n", 0o644)
 	if err := os.MkdirAll(filepath.Join(dir, "empty/dir"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	// More entries in one directory than one copy task takes, and a
+	// directory that is read-only once filled.
+	for i := 0; i < 3*copyChunk+1; i++ {
+		writeFile(t, dir, fmt.Sprintf("many/f%03d", i), fmt.Sprint(i), 0o640)
+	}
+	writeFile(t, dir, "read-only/inside.txt", "ro\n", 0o444)
+	if err := os.Chmod(filepath.Join(dir, "read-only"), 0o555); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range []struct{ target, name string }{

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -64,6 +65,7 @@ type options struct {
 	progress io.Writer
 	logf     func(string, ...any)
 	force    Mode
+	watcher  func() *exec.Cmd
 }
 
 // WithProgress shows the progress of long snapshots on w when w is a
@@ -78,6 +80,16 @@ func WithLogf(f func(string, ...any)) Opt { return func(o *options) { o.logf = f
 // host supports (ModeReflink means: try reflink, copy where it fails). Tests
 // use it to run the fallbacks on a host that can mount overlays.
 func WithForceMode(m Mode) Opt { return func(o *options) { o.force = m } }
+
+// WithWatcher lets Create start a watcher process per source (cmd returns
+// the command that runs [RunWatcher]; for the cilo CLI, its hidden
+// workspace-watch command). A watcher that has watched the source since
+// its state was last read makes a further env of an unchanged source cost
+// one round trip, and of a changed source the paths that changed, instead
+// of a stat of every file. It exits when the source's last env is
+// removed. Without this option every Create reads the source's state
+// itself.
+func WithWatcher(cmd func() *exec.Cmd) Opt { return func(o *options) { o.watcher = cmd } }
 
 // CreateOptions are the per-source settings of a workspace.
 type CreateOptions struct {
@@ -102,18 +114,22 @@ type Manager struct {
 //	locks/<base>.lock    held while base <base> is built
 //	tmp/<base>/          a base being built
 //	b/<base>/meta.json   an installed base: its state, parent, layers
-//	b/<base>/manifest.json
+//	b/<base>/manifest    the source state it shows
 //	b/<base>/t/          the layer itself (lower dir)
 //	w/<id>/meta.json     a workspace
 //	w/<id>/o/upper, work its overlay upper and work dirs (o/ is root's only)
 //	w/<id>/m/            its mount point (ModeOverlay) or
 //	w/<id>/tree/         its copy (ModeReflink, ModeCopy)
 //	w/<id>/git/          its private git dir when the source is a worktree
+//	watch/<key>.sock     a source's watcher (see RunWatcher)
+//	watch/<key>.lock     held by that watcher; names its pid
+//	watch/log            what the watchers did
 const (
 	dirBases = "b"
 	dirWS    = "w"
 	dirTmp   = "tmp"
 	dirLocks = "locks"
+	dirWatch = "watch"
 )
 
 // New returns a Manager keeping all its data under root.
@@ -145,7 +161,7 @@ func New(root string, opts ...Opt) (*Manager, error) {
 	for _, d := range []struct {
 		name string
 		perm os.FileMode
-	}{{"", 0o755}, {dirBases, 0o700}, {dirWS, 0o755}, {dirTmp, 0o700}, {dirLocks, 0o700}} {
+	}{{"", 0o755}, {dirBases, 0o700}, {dirWS, 0o755}, {dirTmp, 0o700}, {dirLocks, 0o700}, {dirWatch, 0o700}} {
 		p := filepath.Join(root, d.name)
 		if err := os.MkdirAll(p, d.perm); err != nil {
 			return nil, fmt.Errorf("create workspace root: %w", err)

@@ -108,9 +108,19 @@ func probeOverlay(dir string) error {
 // flock takes an exclusive lock on path, creating it, and returns the
 // unlock function.
 func flock(path string, nonBlock bool) (func(), error) {
+	fd, err := lockFD(path, nonBlock)
+	if err != nil {
+		return nil, err
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// lockFD takes an exclusive lock on path, creating it, and returns the
+// descriptor that holds it (the lock goes with its last copy).
+func lockFD(path string, nonBlock bool) (int, error) {
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
+		return -1, fmt.Errorf("open lock %s: %w", path, err)
 	}
 	how := unix.LOCK_EX
 	if nonBlock {
@@ -124,9 +134,9 @@ func flock(path string, nonBlock bool) (func(), error) {
 	}
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("lock %s: %w", path, err)
+		return -1, fmt.Errorf("lock %s: %w", path, err)
 	}
-	return func() { unix.Close(fd) }, nil
+	return fd, nil
 }
 
 // makeWhiteout records in an overlay layer that rel was deleted.

@@ -42,3 +42,8 @@ func (m *Manager) Patch(ctx context.Context, id string, w io.Writer) error {
 func (m *Manager) Merge(ctx context.Context, id, branch string) error {
 	return fmt.Errorf("merge workspace %q: %w", id, ErrUnsupported)
 }
+
+// RunWatcher is not supported outside Linux; see [ErrUnsupported].
+func RunWatcher(ctx context.Context, logf func(string, ...any)) error {
+	return fmt.Errorf("watch workspace sources: %w", ErrUnsupported)
+}

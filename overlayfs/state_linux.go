@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -241,6 +242,126 @@ func unchanged(ctx context.Context, src string, man manifest) bool {
 	}
 	wg.Wait()
 	return !diff.Load() && ctx.Err() == nil
+}
+
+// manifestLess orders paths as a walk lists them: parents before children,
+// siblings by name. That is byte order with "/" below every other byte, so
+// "a/z" (inside a) comes before its sibling "a.c".
+func manifestLess(a, b string) bool {
+	for i := 0; i < len(a) && i < len(b); i++ {
+		ca, cb := a[i], b[i]
+		if ca == cb {
+			continue
+		}
+		if ca == '/' {
+			return true
+		}
+		if cb == '/' {
+			return false
+		}
+		return ca < cb
+	}
+	return len(a) < len(b)
+}
+
+// search returns the index of rel in man, or where it would go.
+func (man manifest) search(rel string) int {
+	return sort.Search(len(man), func(i int) bool { return !manifestLess(man[i].rel, rel) })
+}
+
+// pathChange is one path a watcher saw change. Tree marks a directory
+// that appeared (made, or moved in) since: everything below it is new.
+type pathChange struct {
+	Rel  string
+	Tree bool
+}
+
+// patchManifest brings old, the manifest of src when a watcher last
+// vouched for it, up to date with the paths the watcher saw change since:
+// each is stat'ed again, a directory that is new or replaced is walked,
+// and a path that is gone takes everything below it along. Every other
+// path is as old says, so the result is what a walk of src would give, at
+// the cost of the change rather than of the tree.
+func patchManifest(ctx context.Context, src string, old manifest, changed []pathChange, ex *excluder) (manifest, error) {
+	dirfd, err := unix.Open(src, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", src, err)
+	}
+	defer unix.Close(dirfd)
+	sort.Slice(changed, func(i, j int) bool { return manifestLess(changed[i].Rel, changed[j].Rel) })
+	drop := make([]bool, len(old))
+	// dropAt drops rel and, with tree, everything below it: one run of
+	// old, since old is in walk order.
+	dropAt := func(rel string, tree bool) {
+		for i := old.search(rel); i < len(old) && (old[i].rel == rel || tree && isBelow(old[i].rel, rel)); i++ {
+			drop[i] = true
+		}
+	}
+	var add manifest
+	walked := ""
+	for _, c := range changed {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if walked != "" && isBelow(c.Rel, walked) {
+			continue // already in the walk of a new directory
+		}
+		i := old.search(c.Rel)
+		wasDir := i < len(old) && old[i].rel == c.Rel && old[i].s.Mode&unix.S_IFMT == unix.S_IFDIR
+		name := c.Rel
+		if name == "" {
+			name = "."
+		}
+		var st unix.Stat_t
+		err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			dropAt(c.Rel, true)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("stat %s: %w", join(src, c.Rel), err)
+		}
+		typ := st.Mode & unix.S_IFMT
+		switch {
+		case typ != unix.S_IFDIR && typ != unix.S_IFREG && typ != unix.S_IFLNK, ex.match(c.Rel, typ == unix.S_IFDIR):
+			dropAt(c.Rel, true) // not part of any state
+		case typ == unix.S_IFDIR && (c.Tree || !wasDir):
+			dropAt(c.Rel, true)
+			w, err := walkFrom(ctx, src, c.Rel, ex, nil)
+			if err != nil {
+				return nil, err
+			}
+			for _, e := range w.entries {
+				add = append(add, mentry{rel: e.rel, s: stampOf(e.rel, &e.st)})
+			}
+			walked = c.Rel
+		default:
+			// A file where a directory was takes the directory's entries along.
+			dropAt(c.Rel, typ != unix.S_IFDIR)
+			add = append(add, mentry{rel: c.Rel, s: stampOf(c.Rel, &st)})
+		}
+	}
+	sort.Slice(add, func(i, j int) bool { return manifestLess(add[i].rel, add[j].rel) })
+	out := make(manifest, 0, len(old)+len(add))
+	for i, e := range old {
+		if drop[i] {
+			continue
+		}
+		for len(add) > 0 && manifestLess(add[0].rel, e.rel) {
+			out = append(out, add[0])
+			add = add[1:]
+		}
+		out = append(out, e)
+	}
+	return append(out, add...), nil
+}
+
+// isBelow reports whether rel is inside directory dir ("" is the root).
+func isBelow(rel, dir string) bool {
+	if dir == "" {
+		return rel != ""
+	}
+	return len(rel) > len(dir) && rel[len(dir)] == '/' && rel[:len(dir)] == dir
 }
 
 // changedPaths lists the paths whose stamps differ between two manifests,

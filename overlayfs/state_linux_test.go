@@ -88,7 +88,7 @@ func TestUnchanged(t *testing.T) {
 			dir := t.TempDir()
 			writeFile(t, dir, "a/f.txt", "hello\n", 0o644)
 			writeFile(t, dir, ".git/objects/ab/0123", "obj", 0o444)
-			w, err := walkTree(context.Background(), dir, nil)
+			w, err := walkTree(context.Background(), dir, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

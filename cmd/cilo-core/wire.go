@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -15,17 +16,18 @@ import (
 )
 
 // manager wires the lifecycle to its backends for the resolved config:
-// overlay workspaces, compose services (through cilo-compose, or
+// overlay workspaces (with a watcher process per source), compose services (through cilo-compose, or
 // in-process in that build) and the DNS server started on demand.
 func (a *app) manager() (*sandbox.Manager, error) {
 	logf := func(format string, args ...any) { fmt.Fprintf(a.stderr, "cilo: "+format+"\n", args...) }
-	ws, err := overlayfs.New(sandbox.WorkspaceRoot(a.cfg), overlayfs.WithProgress(a.stderr), overlayfs.WithLogf(logf))
-	if err != nil {
-		return nil, sandbox.PrivilegeHint(err)
-	}
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find cilo's own binary: %w", err)
+	}
+	ws, err := overlayfs.New(sandbox.WorkspaceRoot(a.cfg), overlayfs.WithProgress(a.stderr), overlayfs.WithLogf(logf),
+		overlayfs.WithWatcher(func() *exec.Cmd { return exec.Command(exe, workspaceWatchCmd) }))
+	if err != nil {
+		return nil, sandbox.PrivilegeHint(err)
 	}
 	return sandbox.New(a.cfg,
 		sandbox.WithLogf(logf),

@@ -2,13 +2,40 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cilo-dev/cilo/overlayfs"
 )
 
 // workspaceCommands are the commands about an env's workspace.
 func workspaceCommands(a *app) []*cobra.Command {
-	return []*cobra.Command{newDiffCmd(a), newMergeCmd(a)}
+	return []*cobra.Command{newDiffCmd(a), newMergeCmd(a), newWorkspaceWatchCmd(a)}
+}
+
+// workspaceWatchCmd is the command of a source's watcher process, which
+// workspaces start on their own (see overlayfs.WithWatcher).
+const workspaceWatchCmd = "workspace-watch"
+
+func newWorkspaceWatchCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:    workspaceWatchCmd,
+		Short:  "Watch a workspace source for changes (started by cilo itself)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			logf := func(format string, args ...any) {
+				fmt.Fprintf(a.stderr, time.Now().UTC().Format(time.RFC3339)+" "+format+"\n", args...)
+			}
+			return overlayfs.RunWatcher(ctx, logf)
+		},
+	}
 }
 
 func newDiffCmd(a *app) *cobra.Command {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,22 +23,43 @@ func writeTable(w io.Writer, groups []Group) {
 	tw.Flush()
 }
 
+// writeDoc rewrites path with the groups just measured. Sections of groups
+// not run this time (make bench -only) are kept as they were, in their
+// place; new ones go at the end.
 func writeDoc(path string, groups []Group) error {
-	var b strings.Builder
-	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "# Benchmarks\n\n")
-	fmt.Fprintf(&b, "Written by `make bench` (test/bench) on %s, %s, %d cores, %s.\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), runtime.Version())
-	fmt.Fprintf(&b, "Every figure is measured side by side with its anchor in the same run; ratio = cilo / anchor.\n\n")
-	fmt.Fprintf(&b, "Reproduce everything: `sudo make bench`; one group: the command under its heading.\n")
+	var sections []string // "## name" blocks, in the file's order
+	if old, err := os.ReadFile(path); err == nil {
+		parts := strings.Split(string(old), "\n## ")
+		for _, p := range parts[1:] {
+			sections = append(sections, "## "+strings.TrimRight(p, "\n")+"\n")
+		}
+	}
 	for _, g := range groups {
-		fmt.Fprintf(&b, "\n## %s\n\n", g.Name)
-		fmt.Fprintf(&b, "Reproduce: `make build && %s` (took %s)\n\n", g.Command, g.took.Round(time.Second))
+		var b strings.Builder
+		fmt.Fprintf(&b, "## %s\n\n", g.Name)
+		fmt.Fprintf(&b, "Reproduce: `make build && %s` (took %s, %s)\n\n", g.Command, g.took.Round(time.Second),
+			time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 		fmt.Fprintf(&b, "| metric | cilo | anchor | anchor value | ratio | goal | met |\n|---|---|---|---|---|---|---|\n")
 		for _, r := range g.rows {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Metric,
 				value(r.Cilo, r.Unit), dash(r.AnchorName), anchorValue(r), ratio(r), r.Goal, yes(r.Met))
 		}
+		i := slices.IndexFunc(sections, func(s string) bool { return strings.HasPrefix(s, "## "+g.Name+"\n") })
+		if i < 0 {
+			sections = append(sections, b.String())
+		} else {
+			sections[i] = b.String()
+		}
+	}
+	host, _ := os.Hostname()
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Benchmarks\n\n")
+	fmt.Fprintf(&b, "Written by `make bench` (test/bench) on %s, %d cores, %s; each group's date is under its heading.\n",
+		host, runtime.NumCPU(), runtime.Version())
+	fmt.Fprintf(&b, "Every figure is measured side by side with its anchor in the same run; ratio = cilo / anchor.\n\n")
+	fmt.Fprintf(&b, "Reproduce everything: `sudo make bench`; one group: the command under its heading.\n")
+	for _, s := range sections {
+		b.WriteString("\n" + s)
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }

@@ -90,6 +90,9 @@ func runWorkspace(ctx context.Context, env *Env) ([]Row, error) {
 			return nil, err
 		}
 	}
+	// The fixtures' writeback would otherwise land on the first figure
+	// timed next (a create's fsync waits for the journal).
+	syscall.Sync()
 	for _, s := range []struct {
 		name, dir string
 	}{{"1k files", small}, {fmt.Sprintf("%.1fk files (Go src)", float64(files)/1000), fixture}, {"50k files", large}} {
@@ -211,9 +214,11 @@ func wsWorktreeMedian(ctx context.Context, repo, tmp string, n int) (time.Durati
 }
 
 // wsManager is a fresh overlayfs root whose workspaces are all removed by
-// the returned cleanup.
-func wsManager(root string, opts ...overlayfs.Opt) (*overlayfs.Manager, func(), error) {
-	m, err := overlayfs.New(root, opts...)
+// the returned cleanup (which stops their watchers). Its sources get
+// watchers as `cilo create` gives them: the binary under test's hidden
+// workspace-watch command.
+func wsManager(env *Env, root string) (*overlayfs.Manager, func(), error) {
+	m, err := overlayfs.New(root, overlayfs.WithWatcher(func() *exec.Cmd { return exec.Command(env.Cilo, "workspace-watch") }))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -232,7 +237,7 @@ func wsManager(root string, opts ...overlayfs.Opt) (*overlayfs.Manager, func(), 
 // wsFirstEnv times the first env of a repository (a whole base snapshot
 // plus the mount) against `git worktree add` and `cp -a` of the same tree.
 func wsFirstEnv(ctx context.Context, env *Env, tmp, repo, fsName string) ([]Row, error) {
-	m, cleanup, err := wsManager(filepath.Join(filepath.Dir(repo), "ws-first-"+fsName))
+	m, cleanup, err := wsManager(env, filepath.Join(filepath.Dir(repo), "ws-first-"+fsName))
 	if err != nil {
 		return nil, err
 	}
@@ -304,10 +309,11 @@ func wsReflinkFirstEnv(ctx context.Context, env *Env, tmp, fixture string) ([]Ro
 	return wsFirstEnv(ctx, env, mnt, repo, "xfs")
 }
 
-// wsFurther times further envs of one source state: the base exists, so an
-// env is a fingerprint of the source and a mount.
+// wsFurther times further envs of one source state: the base exists and
+// the source's watcher (started by the seed) vouches for it, so an env is
+// a question to the watcher and a mount.
 func wsFurther(ctx context.Context, env *Env, tmp, repo, name string) (Row, error) {
-	m, cleanup, err := wsManager(filepath.Join(tmp, "ws-further"))
+	m, cleanup, err := wsManager(env, filepath.Join(tmp, "ws-further"))
 	if err != nil {
 		return Row{}, err
 	}
@@ -332,9 +338,10 @@ func wsFurther(ctx context.Context, env *Env, tmp, repo, name string) (Row, erro
 }
 
 // wsAfterEdit times an env made after the user edited 3 files of the
-// source: a thin layer over the previous base, then the mount.
+// source: the watcher names the 3 files, a thin layer of them goes over
+// the previous base, then the mount.
 func wsAfterEdit(ctx context.Context, env *Env, tmp, repo string, wt time.Duration) (Row, error) {
-	m, cleanup, err := wsManager(filepath.Join(tmp, "ws-edit"))
+	m, cleanup, err := wsManager(env, filepath.Join(tmp, "ws-edit"))
 	if err != nil {
 		return Row{}, err
 	}
@@ -386,7 +393,7 @@ func wsAfterEdit(ctx context.Context, env *Env, tmp, repo string, wt time.Durati
 // layers and metadata) against 10 worktrees.
 func wsDisk(ctx context.Context, env *Env, tmp, repo string) (Row, error) {
 	root := filepath.Join(tmp, "ws-disk")
-	m, cleanup, err := wsManager(root)
+	m, cleanup, err := wsManager(env, root)
 	if err != nil {
 		return Row{}, err
 	}

@@ -151,10 +151,13 @@ func (w *world) stopDNS() {
 	}
 }
 
-// assertNothingLeft checks that no namespace or interface of this world's
-// prefix survives.
+// assertNothingLeft checks that no namespace, interface or workspace
+// watcher of this world survives.
 func (w *world) assertNothingLeft() {
 	w.t.Helper()
+	if !w.waitWatchers(false) {
+		w.t.Errorf("workspace watchers left running: %v", w.watchers())
+	}
 	nses, _ := nsnet.Netnses(w.prefix + "-")
 	if len(nses) > 0 {
 		w.t.Errorf("namespaces left behind: %v", nses)

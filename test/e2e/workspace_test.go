@@ -7,7 +7,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // treeHash is a content hash of the source tree as git sees it, index and
@@ -67,5 +69,60 @@ func TestDiffAndMergeThroughCLI(t *testing.T) {
 	}
 	if _, err := w.cilo(context.Background(), "", "diff", "ws"); exitCode(err) != 1 {
 		t.Fatalf("diff of a destroyed env: exit %d, want 1", exitCode(err))
+	}
+}
+
+// TestWorkspaceWatcherThroughCLI checks that an env created after an edit
+// of the source shows the edit, through the watcher the first create
+// started, and that the watcher ends with the source's last env.
+func TestWorkspaceWatcherThroughCLI(t *testing.T) {
+	w := newWorld(t, 23)
+	w.mustCilo("create", "one")
+	if !w.waitWatchers(true) {
+		t.Fatal("no watcher runs after the first create")
+	}
+	must(t, os.WriteFile(filepath.Join(w.project, "README"), []byte("edited\n"), 0o644))
+	w.mustCilo("create", "two")
+	b, err := os.ReadFile(filepath.Join(w.status("two").Workspace, "README"))
+	if err != nil || string(b) != "edited\n" {
+		t.Errorf("README in the env made after the edit: %q, %v", b, err)
+	}
+	w.mustCilo("destroy", "--force", "one")
+	if len(w.watchers()) != 1 {
+		t.Errorf("watchers %v with an env left, want one", w.watchers())
+	}
+	w.mustCilo("destroy", "--force", "two")
+	if !w.waitWatchers(false) {
+		t.Errorf("watchers %v still run after the last env went", w.watchers())
+	}
+}
+
+// watchers returns the lock files of the world's running workspace
+// watchers (each holds its lock while it runs).
+func (w *world) watchers() []string {
+	locks, _ := filepath.Glob(filepath.Join(w.root, "state", "workspaces", "watch", "*.lock"))
+	var held []string
+	for _, l := range locks {
+		f, err := os.Open(l)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			held = append(held, l)
+		}
+		f.Close()
+	}
+	return held
+}
+
+// waitWatchers waits up to 10 s for some watcher to run (or none).
+func (w *world) waitWatchers(running bool) bool {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if (len(w.watchers()) > 0) == running {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
 	}
 }
