@@ -170,11 +170,10 @@ func (m *Manager) create(ctx context.Context, id, source string, o CreateOptions
 	if err != nil {
 		return nil, 0, err
 	}
-	unlock, err := m.lock()
-	if err != nil {
-		return nil, 0, err
-	}
-	defer unlock()
+	// No root lock from here: the base is registered (gc sees this
+	// workspace's metadata naming it), and the rest is this workspace's
+	// own. Parallel creates would otherwise queue behind each other's
+	// fsync and mount.
 	if err := m.writeWS(meta, true); err != nil {
 		return nil, 0, err
 	}
