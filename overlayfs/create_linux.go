@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cilo-dev/cilo/overlayfs/mounted"
 )
 
 // Limits of thin layers: past them a new state gets a whole new snapshot,
@@ -480,7 +482,7 @@ func (m *Manager) Ensure(ctx context.Context, id string) (*Workspace, error) {
 	if err != nil {
 		return nil, err
 	}
-	if InPlace(w.Path, w.Mode) {
+	if mounted.InPlace(w.Path, string(w.Mode)) {
 		ws := w.Workspace
 		return &ws, nil
 	}
@@ -492,7 +494,7 @@ func (m *Manager) Ensure(ctx context.Context, id string) (*Workspace, error) {
 	if w, err = m.readWS(id); err != nil {
 		return nil, err
 	}
-	if !isOverlayMounted(w.Path) {
+	if !mounted.Overlay(w.Path) {
 		for _, l := range w.Layers {
 			if _, err := os.Stat(l); err != nil {
 				return nil, fmt.Errorf("workspace %q: base layer: %w", id, err)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/cilo-dev/cilo/overlayfs/mounted"
 )
 
 // TestEditWhileMounted: editing the source never reaches mounted envs, and
@@ -158,7 +160,7 @@ func TestEnsureRemounts(t *testing.T) {
 	if err := m.Unmount(ctx, "re"); err != nil {
 		t.Fatal(err)
 	}
-	if isOverlayMounted(ws.Path) {
+	if mounted.Overlay(ws.Path) {
 		t.Fatal("still mounted after Unmount")
 	}
 	if _, err := m.Ensure(ctx, "re"); err != nil {

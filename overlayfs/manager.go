@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cilo-dev/cilo/overlayfs/mounted"
 )
 
 // Mode says how a workspace's tree is made.
@@ -19,7 +21,7 @@ type Mode string
 
 const (
 	// ModeOverlay: an overlay mount over a shared base snapshot.
-	ModeOverlay Mode = "overlay"
+	ModeOverlay Mode = mounted.OverlayMode
 	// ModeReflink: a private copy whose file data is shared by reflink.
 	ModeReflink Mode = "reflink"
 	// ModeCopy: a private plain copy.

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cilo-dev/cilo/overlayfs/mounted"
 )
 
 // mountSource names cilo's overlay mounts in /proc/self/mountinfo, so that
@@ -46,34 +48,10 @@ func mountOverlay(layers []string, upper, work, target string) error {
 	return nil
 }
 
-const overlaySuperMagic = 0x794c7630
-
-// isOverlayMounted reports whether an overlay is mounted at dir: dir is
-// an overlay and on another device than its parent (so a root that itself
-// lives on an overlay is not mistaken for a mount).
-// InPlace reports whether the workspace at path, made in mode, can be used
-// as it is: a copy always, an overlay once it is mounted ([Manager.Ensure]
-// mounts it). It reads no metadata, for the run path of an existing env.
-func InPlace(path string, mode Mode) bool {
-	return mode != ModeOverlay || isOverlayMounted(path)
-}
-
-func isOverlayMounted(dir string) bool {
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err != nil || fs.Type != overlaySuperMagic {
-		return false
-	}
-	var st, parent unix.Stat_t
-	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
-		return false
-	}
-	return st.Dev != parent.Dev
-}
-
 // unmount unmounts dir if an overlay is mounted there. detach falls back to
 // a lazy unmount when processes still use it.
 func unmount(dir string, detach bool) error {
-	if !isOverlayMounted(dir) {
+	if !mounted.Overlay(dir) {
 		return nil
 	}
 	err := unix.Unmount(dir, 0)

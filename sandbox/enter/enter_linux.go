@@ -24,7 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cilo-dev/cilo/nsnet/nsfs"
-	"github.com/cilo-dev/cilo/overlayfs"
+	"github.com/cilo-dev/cilo/overlayfs/mounted"
 	"github.com/cilo-dev/cilo/sandbox/config"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
@@ -94,7 +94,7 @@ func Ready(cfg config.Config, env *state.Env) bool {
 	if _, err := os.Stat("/sys/class/net/" + env.Bridge); err != nil {
 		return false
 	}
-	if !overlayfs.InPlace(env.Workspace, overlayfs.Mode(env.WorkspaceMode)) {
+	if !mounted.InPlace(env.Workspace, env.WorkspaceMode) {
 		return false
 	}
 	for _, f := range runFiles {
