@@ -13,7 +13,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
-	"gopkg.in/yaml.v3"
+	yaml "go.yaml.in/yaml/v4"
 
 	"github.com/cilo-dev/cilo/compose/files"
 	"github.com/cilo-dev/cilo/sandbox/state"
@@ -112,7 +112,7 @@ func namedInFiles(files []string) (named bool, err error) {
 			Name string `yaml:"name"`
 		}
 		if err := yaml.Unmarshal(b, &top); err != nil {
-			// yaml.v3 names the line; the file is ours to name.
+			// The YAML parser names the line; the file is ours to name.
 			return false, fmt.Errorf("invalid compose file %s: %w", f, err)
 		}
 		if top.Name != "" {

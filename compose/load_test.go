@@ -125,7 +125,7 @@ func TestLoad(t *testing.T) {
 		{
 			name:    "invalid_yaml_names_file_and_line",
 			files:   map[string]string{"compose.yaml": "services:\n  db:\n    image: [\n"},
-			wantErr: "compose.yaml: yaml: line 3",
+			wantErr: "compose.yaml: yaml: while parsing a flow node at line 3",
 		},
 		{
 			name:         "missing_configured_file",
