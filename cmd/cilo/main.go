@@ -1,7 +1,8 @@
 // Command cilo is the front of cilo's programs. A run in an env that is
 // already up, `cilo run <command> <env> [args...]` or `cilo run -e <env> --
-// <command> [args...]`, it does itself, about as fast as `ip netns exec`:
-// it links only the config, the state records and system calls. Every
+// <command> [args...]`, it does itself, in about 1.5 times what `ip netns
+// exec` takes: it links only the config, the state records and system
+// calls. Every
 // other command, and every run that needs more (creating the env, starting
 // its compose services, putting back what a reboot took, --rm, flags), it
 // hands to cilo-core unchanged, which gives the same result the long way.
@@ -25,7 +26,8 @@ import (
 // core is the program that implements every command.
 const core = "cilo-core"
 
-// The fast path enters the env from the main thread (see enter.Exec).
+// The fast path enters the env from the main thread (see
+// enter.Command.Exec).
 func init() { runtime.LockOSThread() }
 
 func main() {
