@@ -2,10 +2,10 @@
 // already up, `cilo run <command> <env> [args...]` or `cilo run -e <env> --
 // <command> [args...]`, it does itself, in about 1.5 times what `ip netns
 // exec` takes: it links only the config, the state records and system
-// calls. Every
-// other command, and every run that needs more (creating the env, starting
-// its compose services, putting back what a reboot took, --rm, flags), it
-// hands to cilo-core unchanged, which gives the same result the long way.
+// calls. Every other command, and every run that needs more (creating the
+// env, starting its compose services, putting back what a reboot took,
+// --rm, flags), it hands to cilo-core unchanged, which gives the same
+// result the long way.
 package main
 
 import (
