@@ -271,7 +271,7 @@ func TestWatchableFS(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			fd, err := openDir(tt.dir)
 			if err != nil {
-				t.Skip(err)
+				t.Fatal(err)
 			}
 			defer unix.Close(fd)
 			if err := watchableFS(fd); (err == nil) != tt.ok {

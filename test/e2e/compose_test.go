@@ -109,10 +109,7 @@ func TestComposeThroughCLI(t *testing.T) {
 		}
 	}
 
-	tests := []struct {
-		name, env, url, want string
-		fails                bool
-	}{
+	tests := []getCase{
 		{"one_localhost_published", "one", "http://localhost:5432/", "db one", false},
 		{"two_localhost_published", "two", "http://localhost:5432/", "db two", false},
 		{"one_bare_name", "one", "http://db:5432/", "db one", false},
@@ -120,23 +117,7 @@ func TestComposeThroughCLI(t *testing.T) {
 		{"two_api_through_published_port", "two", "http://127.0.0.1:8080/", "api", false},
 		{"one_cannot_reach_two_db", "one", "http://" + dbAddr["two"] + ":5432/", "", true},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			args := append([]string{"run", "-e", tt.env, "--"}, helperArgv("get", tt.url)...)
-			out, err := w.cilo(ctx, "", args...)
-			if tt.fails {
-				if err == nil {
-					t.Fatalf("reached %s from %s: %q", tt.url, tt.env, out)
-				}
-				return
-			}
-			if err != nil || strings.TrimSpace(out) != tt.want {
-				t.Fatalf("get %s in %s = %q, %v; want %q", tt.url, tt.env, out, err, tt.want)
-			}
-		})
-	}
+	w.checkGets(tests)
 	for e, addr := range dbAddr {
 		c := http.Client{Timeout: 2 * time.Second}
 		resp, err := c.Get("http://" + addr + ":5432/")

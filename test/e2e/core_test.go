@@ -67,32 +67,13 @@ func TestTwoEnvsEachServeLocalhost3000(t *testing.T) {
 		t.Fatalf("both envs got subnet %s", a.Subnet)
 	}
 
-	tests := []struct {
-		name, env, url, want string
-		fails                bool
-	}{
+	tests := []getCase{
 		{"alpha_localhost", "alpha", "http://localhost:3000/", "from-alpha", false},
 		{"beta_localhost", "beta", "http://localhost:3000/", "from-beta", false},
 		{"alpha_cannot_reach_beta", "alpha", "http://" + b.IP + ":3000/", "", true},
 		{"beta_cannot_reach_alpha", "beta", "http://" + a.IP + ":3000/", "", true},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			args := append([]string{"run", "-e", tt.env, "--"}, helperArgv("get", tt.url)...)
-			out, err := w.cilo(ctx, "", args...)
-			if tt.fails {
-				if err == nil {
-					t.Fatalf("reached %s from %s: %q", tt.url, tt.env, out)
-				}
-				return
-			}
-			if err != nil || strings.TrimSpace(out) != tt.want {
-				t.Fatalf("get %s in %s = %q, %v; want %q", tt.url, tt.env, out, err, tt.want)
-			}
-		})
-	}
+	w.checkGets(tests)
 	for _, e := range []envJSON{a, b} {
 		t.Run("host_reaches_"+e.Name, func(t *testing.T) {
 			c := http.Client{Timeout: 2 * time.Second}

@@ -219,3 +219,30 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// getCase is a GET run inside env: its body, or, with fails, no answer.
+type getCase struct {
+	name, env, url, want string
+	fails                bool
+}
+
+// checkGets runs each case through `cilo run -e <env> -- <helper> get`.
+func (w *world) checkGets(cases []getCase) {
+	for _, tt := range cases {
+		w.t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			args := append([]string{"run", "-e", tt.env, "--"}, helperArgv("get", tt.url)...)
+			out, err := w.cilo(ctx, "", args...)
+			if tt.fails {
+				if err == nil {
+					t.Fatalf("reached %s from %s: %q", tt.url, tt.env, out)
+				}
+				return
+			}
+			if err != nil || strings.TrimSpace(out) != tt.want {
+				t.Fatalf("get %s in %s = %q, %v; want %q", tt.url, tt.env, out, err, tt.want)
+			}
+		})
+	}
+}
