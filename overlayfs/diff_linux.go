@@ -211,10 +211,7 @@ func diffUpper(ctx context.Context, upper string, lower lowerView) ([]change, er
 			lowerDir := inLower && lst.Mode&unix.S_IFMT == unix.S_IFDIR
 			switch {
 			case isWhiteout(&st):
-				for _, f := range lower.files(r) {
-					lfp, _, _ := lower.lookup(f)
-					out = append(out, change{Change{f, Deleted}, lfp, ""})
-				}
+				out = lower.deletions(out, r)
 			case st.Mode&unix.S_IFMT == unix.S_IFDIR:
 				if lowerDir && isOpaque(p) {
 					for _, ln := range lower.list(r) {
@@ -242,18 +239,11 @@ func diffUpper(ctx context.Context, upper string, lower lowerView) ([]change, er
 				case !inLower:
 					out = append(out, change{Change{r, Added}, "", p})
 				case lowerDir:
-					for _, f := range lower.files(r) {
-						lfp, _, _ := lower.lookup(f)
-						out = append(out, change{Change{f, Deleted}, lfp, ""})
-					}
+					out = lower.deletions(out, r)
 					out = append(out, change{Change{r, Added}, "", p})
 				default:
-					same, err := sameEntry(r, lp, &lst, p, &st)
-					if err != nil {
+					if out, err = modification(out, r, lp, &lst, p, &st); err != nil {
 						return err
-					}
-					if !same {
-						out = append(out, change{Change{r, Modified}, lp, p})
 					}
 				}
 			}
@@ -288,10 +278,7 @@ func diffTrees(ctx context.Context, tree string, lower lowerView) ([]change, err
 			treeDir := inTree && st.Mode&unix.S_IFMT == unix.S_IFDIR
 			lowerDir := inLower && lst.Mode&unix.S_IFMT == unix.S_IFDIR
 			if inLower && (!inTree || treeDir != lowerDir) {
-				for _, f := range lower.files(r) {
-					lfp, _, _ := lower.lookup(f)
-					out = append(out, change{Change{f, Deleted}, lfp, ""})
-				}
+				out = lower.deletions(out, r)
 				inLower, lowerDir = false, false
 			}
 			switch {
@@ -307,18 +294,34 @@ func diffTrees(ctx context.Context, tree string, lower lowerView) ([]change, err
 			case !inLower:
 				out = append(out, change{Change{r, Added}, "", p})
 			default:
-				same, err := sameEntry(r, lp, &lst, p, &st)
-				if err != nil {
+				if out, err = modification(out, r, lp, &lst, p, &st); err != nil {
 					return err
-				}
-				if !same {
-					out = append(out, change{Change{r, Modified}, lp, p})
 				}
 			}
 		}
 		return nil
 	}
 	return out, walk("")
+}
+
+// deletions appends the deletion of every file of the lower layers at or
+// under rel.
+func (l lowerView) deletions(out []change, rel string) []change {
+	for _, f := range l.files(rel) {
+		lfp, _, _ := l.lookup(f)
+		out = append(out, change{Change{f, Deleted}, lfp, ""})
+	}
+	return out
+}
+
+// modification appends rel as modified unless the lower entry a and the
+// upper entry b are the same to a user (see sameEntry).
+func modification(out []change, rel, a string, ast *unix.Stat_t, b string, bst *unix.Stat_t) ([]change, error) {
+	same, err := sameEntry(rel, a, ast, b, bst)
+	if err != nil || same {
+		return out, err
+	}
+	return append(out, change{Change{rel, Modified}, a, b}), nil
 }
 
 // sameEntry reports whether two non-directories are the same to a user:
