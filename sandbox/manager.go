@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -523,36 +522,4 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-// Env resolves an env named on the command line: "project/env" names any
-// project's env, a bare name is looked up in the project of dir.
-func (m *Manager) Env(ctx context.Context, dir, arg string) (*state.Env, error) {
-	project, name, err := m.ParseEnvArg(dir, arg)
-	if err != nil {
-		return nil, err
-	}
-	return m.Get(ctx, project, name)
-}
-
-// ParseEnvArg splits "project/env" or resolves a bare env name against the
-// project of dir, validating both.
-func (m *Manager) ParseEnvArg(dir, arg string) (project, name string, err error) {
-	if p, n, ok := strings.Cut(arg, "/"); ok {
-		if err := config.ValidateEnvName(p); err != nil {
-			return "", "", fmt.Errorf("project in %q: %w", arg, err)
-		}
-		if err := config.ValidateEnvName(n); err != nil {
-			return "", "", err
-		}
-		return p, n, nil
-	}
-	if err := config.ValidateEnvName(arg); err != nil {
-		return "", "", err
-	}
-	p, err := config.FindProject(dir)
-	if err != nil {
-		return "", "", err
-	}
-	return p.Name, arg, nil
 }

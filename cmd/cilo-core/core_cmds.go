@@ -198,7 +198,7 @@ func newDestroyCmd(a *app) *cobra.Command {
 			type target struct{ project, name string }
 			var targets []target
 			if all {
-				p, err := config.FindProject(".")
+				p, err := config.FindProject(".", a.decode)
 				if err != nil {
 					return err
 				}
@@ -211,7 +211,7 @@ func newDestroyCmd(a *app) *cobra.Command {
 				}
 			}
 			for _, arg := range args {
-				project, name, err := m.ParseEnvArg(".", arg)
+				project, name, err := config.ParseEnvArg(".", arg, a.decode)
 				if err != nil {
 					return usageError{err}
 				}
@@ -280,7 +280,7 @@ func newListCmd(a *app) *cobra.Command {
 			}
 			project := ""
 			if !all {
-				p, err := config.FindProject(".")
+				p, err := config.FindProject(".", a.decode)
 				if err != nil {
 					return err
 				}

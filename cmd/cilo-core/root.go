@@ -10,12 +10,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cilo-dev/cilo/sandbox/config"
+	"github.com/cilo-dev/cilo/sandbox/config/parsed"
 )
 
 // app is what every command shares: the resolved configuration and the
 // streams, so tests can swap them.
 type app struct {
 	cfg    config.Config
+	decode config.Decoder // reads config files as YAML, keeping results for the front
 	stdout io.Writer
 	stderr io.Writer
 	stdin  io.Reader
@@ -30,6 +32,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 func run(ctx context.Context, args []string) int {
 	a := &app{stdout: os.Stdout, stderr: os.Stderr, stdin: os.Stdin, color: os.Getenv("NO_COLOR") == ""}
+	a.decode = yamlDecoder(parsed.New(config.ParsedDir(os.Getenv)))
 	root := newRootCmd(a)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
@@ -57,7 +60,7 @@ several agents, test suites or CI jobs can work on one repository at once.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(os.Getenv)
+			cfg, err := config.Load(os.Getenv, a.decode)
 			if err != nil {
 				return usageError{err}
 			}

@@ -6,12 +6,14 @@ import (
 	"os/exec"
 
 	"github.com/spf13/cobra"
+	yaml "go.yaml.in/yaml/v4"
 	"golang.org/x/sys/unix"
 
 	"github.com/cilo-dev/cilo/dns"
 	"github.com/cilo-dev/cilo/overlayfs"
 	"github.com/cilo-dev/cilo/sandbox"
 	"github.com/cilo-dev/cilo/sandbox/config"
+	"github.com/cilo-dev/cilo/sandbox/config/parsed"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
 
@@ -52,7 +54,7 @@ func (a *app) envNameArg(arg string) (*sandbox.Manager, string, string, error) {
 	if err != nil {
 		return nil, "", "", err
 	}
-	project, name, err := m.ParseEnvArg(".", arg)
+	project, name, err := config.ParseEnvArg(".", arg, a.decode)
 	if err != nil {
 		return nil, "", "", usageError{err}
 	}
@@ -65,7 +67,11 @@ func (a *app) envFromArg(cmd *cobra.Command, arg string) (*state.Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	env, err := m.Env(cmd.Context(), ".", arg)
+	project, name, err := config.ParseEnvArg(".", arg, a.decode)
+	if err != nil {
+		return nil, a.envErr(err)
+	}
+	env, err := m.Get(cmd.Context(), project, name)
 	if err != nil {
 		return nil, a.envErr(err)
 	}
@@ -86,11 +92,19 @@ func (a *app) managerAndProject(cmd *cobra.Command) (*sandbox.Manager, *config.P
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := config.FindProject(".")
+	p, err := config.FindProject(".", a.decode)
 	if err != nil {
 		return nil, nil, err
 	}
 	return m, p, nil
+}
+
+// yamlDecoder reads config files as YAML and keeps what it read in c, so
+// that the front, which has no YAML parser, can read them next time.
+func yamlDecoder(c parsed.Cache) config.Decoder {
+	return func(file string, b []byte, v any) error {
+		return c.DecodeAndKeep(file, b, v, yaml.Unmarshal)
+	}
 }
 
 func isTerminal(f *os.File) bool {

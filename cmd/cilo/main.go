@@ -2,7 +2,8 @@
 // already up, `cilo run <command> <env> [args...]` or `cilo run -e <env> --
 // <command> [args...]`, it does itself, in about 1.5 times what `ip netns
 // exec` takes: it links only the config, the state records and system
-// calls. Every other command, and every run that needs more (creating the
+// calls, and no YAML parser (config files are read as cilo-core decoded
+// them, package parsed). Every other command, and every run that needs more (creating the
 // env, starting its compose services, putting back what a reboot took,
 // --rm, flags), it hands to cilo-core unchanged, which gives the same
 // result the long way.
@@ -19,6 +20,7 @@ import (
 
 	"github.com/cilo-dev/cilo/compose/files"
 	"github.com/cilo-dev/cilo/sandbox/config"
+	"github.com/cilo-dev/cilo/sandbox/config/parsed"
 	"github.com/cilo-dev/cilo/sandbox/enter"
 	"github.com/cilo-dev/cilo/sandbox/state"
 )
@@ -68,11 +70,14 @@ func runInEnvThatIsUp(ctx context.Context, name string, argv []string) {
 	if config.ValidateEnvName(name) != nil {
 		return
 	}
-	cfg, err := config.Load(os.Getenv)
+	// Config files are read as cilo-core last decoded them: a file it
+	// has not decoded in this form is a miss, and cilo-core takes over.
+	decode := parsed.New(config.ParsedDir(os.Getenv)).Decode
+	cfg, err := config.Load(os.Getenv, decode)
 	if err != nil || cfg.Validate() != nil {
 		return
 	}
-	p, err := config.FindProject(".")
+	p, err := config.FindProject(".", decode)
 	if err != nil || len(p.Config.ComposeFiles) > 0 {
 		return
 	}

@@ -9,8 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-
-	yaml "go.yaml.in/yaml/v4"
 )
 
 // Config is every path and range cilo uses. Each test package runs against
@@ -19,7 +17,7 @@ import (
 type Config struct {
 	StateDir            string       `yaml:"state_dir"`            // persistent state and workspaces
 	RunDir              string       `yaml:"run_dir"`              // runtime files (resolv.conf per env, pidfiles)
-	Pool                netip.Prefix `yaml:"-"`                    // env subnets are /24s of this (read as "pool" by Load)
+	Pool                netip.Prefix `yaml:"-" json:"-"`           // env subnets are /24s of this (read as "pool" by Load)
 	Prefix              string       `yaml:"prefix"`               // names of interfaces, namespaces and the nft table
 	DNSSuffix           string       `yaml:"dns_suffix"`           // envs answer as <service>.<env>.<suffix>
 	DNSAddr             string       `yaml:"dns_addr"`             // host listener of the DNS server
@@ -60,10 +58,26 @@ var configEnv = []struct {
 // DefaultFile is read when CILO_CONFIG does not name another file.
 const DefaultFile = "/etc/cilo/config.yml"
 
+// A Decoder fills v from the YAML document b, read from file. cilo-core
+// parses YAML; the front, which links no YAML parser so that it starts
+// fast, reads what cilo-core parsed before (package parsed).
+type Decoder func(file string, b []byte, v any) error
+
+// ParsedDir is where decoded config files are kept for the front. It
+// depends on the environment only, since the config file itself may name
+// another run directory.
+func ParsedDir(getenv func(string) string) string {
+	dir := getenv("CILO_RUN_DIR")
+	if dir == "" {
+		dir = Default().RunDir
+	}
+	return filepath.Join(dir, "parsed")
+}
+
 // Load builds the config from defaults, then the config file (CILO_CONFIG
 // or /etc/cilo/config.yml, if present), then the environment. Flags are
 // applied by the caller afterwards.
-func Load(getenv func(string) string) (Config, error) {
+func Load(getenv func(string) string, decode Decoder) (Config, error) {
 	c := Default()
 	file := getenv("CILO_CONFIG")
 	explicit := file != ""
@@ -72,13 +86,15 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	b, err := os.ReadFile(file)
 	switch {
+	case err == nil && len(b) == 0:
+		// Nothing to decode (CILO_CONFIG=/dev/null says "defaults").
 	case err == nil:
 		var raw struct {
 			Config `yaml:",inline"`
 			Pool   string `yaml:"pool"`
 		}
 		raw.Config = c
-		if err := yaml.Unmarshal(b, &raw); err != nil {
+		if err := decode(file, b, &raw); err != nil {
 			return c, fmt.Errorf("read config %s: %w", file, err)
 		}
 		c = raw.Config

@@ -5,7 +5,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	yaml "go.yaml.in/yaml/v4"
 )
+
+func yamlDecode(_ string, b []byte, v any) error { return yaml.Unmarshal(b, v) }
 
 func TestLoadConfigPrecedence(t *testing.T) {
 	dir := t.TempDir()
@@ -25,7 +29,7 @@ func TestLoadConfigPrecedence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Load(func(k string) string { return tt.env[k] })
+			c, err := Load(func(k string) string { return tt.env[k] }, yamlDecode)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -65,7 +69,7 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := Load(func(k string) string {
 		return map[string]string{"CILO_CONFIG": "/nonexistent/cilo.yml"}[k]
-	}); err == nil {
+	}, yamlDecode); err == nil {
 		t.Fatal("a named config file that does not exist was accepted")
 	}
 }
@@ -80,7 +84,7 @@ func TestEnvironRoundTrip(t *testing.T) {
 		k, v, _ := strings.Cut(kv, "=")
 		env[k] = v
 	}
-	got, err := Load(func(k string) string { return env[k] })
+	got, err := Load(func(k string) string { return env[k] }, yamlDecode)
 	if err != nil {
 		t.Fatal(err)
 	}

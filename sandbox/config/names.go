@@ -79,3 +79,26 @@ func BranchEnvName(branch string) (string, error) {
 	}
 	return name, nil
 }
+
+// ParseEnvArg splits an env named on the command line: "project/env" names
+// any project's env, a bare name one of the project of dir. Both parts are
+// validated.
+func ParseEnvArg(dir, arg string, decode Decoder) (project, name string, err error) {
+	if p, n, ok := strings.Cut(arg, "/"); ok {
+		if err := ValidateEnvName(p); err != nil {
+			return "", "", fmt.Errorf("project in %q: %w", arg, err)
+		}
+		if err := ValidateEnvName(n); err != nil {
+			return "", "", err
+		}
+		return p, n, nil
+	}
+	if err := ValidateEnvName(arg); err != nil {
+		return "", "", err
+	}
+	p, err := FindProject(dir, decode)
+	if err != nil {
+		return "", "", err
+	}
+	return p.Name, arg, nil
+}

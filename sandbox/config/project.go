@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-
-	yaml "go.yaml.in/yaml/v4"
 )
 
 // ProjectConfig is .cilo/config.yml at the project root.
@@ -31,7 +29,7 @@ type Project struct {
 // FindProject finds the project that dir belongs to: the nearest ancestor
 // holding .cilo/config.yml or .git, else dir itself. The name comes from
 // config's `project:`, else the root's basename.
-func FindProject(dir string) (*Project, error) {
+func FindProject(dir string, decode Decoder) (*Project, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("find project of %s: %w", dir, err)
@@ -53,8 +51,9 @@ func FindProject(dir string) (*Project, error) {
 	cfgPath := filepath.Join(root, ".cilo", "config.yml")
 	b, err := os.ReadFile(cfgPath)
 	switch {
+	case err == nil && len(b) == 0:
 	case err == nil:
-		if err := yaml.Unmarshal(b, &p.Config); err != nil {
+		if err := decode(cfgPath, b, &p.Config); err != nil {
 			return nil, fmt.Errorf("read %s: %w", cfgPath, err)
 		}
 	case !errors.Is(err, fs.ErrNotExist):
