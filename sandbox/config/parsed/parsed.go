@@ -50,12 +50,20 @@ func key(file string, b []byte, v any) (entry, string, error) {
 		return entry{}, "", fmt.Errorf("encode defaults for %s: %w", file, err)
 	}
 	e := entry{Format: format, File: file, Type: fmt.Sprintf("%T", v), Start: start, Source: string(b)}
+	return e, filePrefix(file) + hash([]byte{format}, []byte(e.Type), start, b) + ".json", nil
+}
+
+// filePrefix starts the name of every entry of file, so that keeping a
+// new one can drop the file's older ones.
+func filePrefix(file string) string { return hash([]byte(file)) + "-" }
+
+func hash(parts ...[]byte) string {
 	h := fnv.New64a()
-	for _, part := range [][]byte{{format}, []byte(e.File), []byte(e.Type), start, b} {
+	for _, part := range parts {
 		h.Write(strconv.AppendInt(nil, int64(len(part)), 10))
 		h.Write(part)
 	}
-	return e, strconv.FormatUint(h.Sum64(), 16) + ".json", nil
+	return strconv.FormatUint(h.Sum64(), 16)
 }
 
 // Decode fills v with what was kept for b, read from file, decoded into a
@@ -106,8 +114,21 @@ func (c Cache) DecodeAndKeep(file string, b []byte, v any, decode func([]byte, a
 	if e.Value, err = json.Marshal(v); err != nil {
 		return nil
 	}
-	_ = c.write(path, e)
+	if c.write(path, e) == nil {
+		c.dropOthers(file, path)
+	}
 	return nil
+}
+
+// dropOthers removes file's entries other than keep: one entry per file
+// is enough, and a file edited all day must not fill the run directory.
+func (c Cache) dropOthers(file, keep string) {
+	old, _ := filepath.Glob(filepath.Join(c.dir, filePrefix(file)+"*.json"))
+	for _, p := range old {
+		if p != keep {
+			os.Remove(p)
+		}
+	}
 }
 
 // write puts an entry in place whole, so Decode never reads half of one.

@@ -77,9 +77,20 @@ func TestFrontSeesWhatCoreDecoded(t *testing.T) {
 				t.Errorf("project: front %+v, core %+v", frontProj, coreProj)
 			}
 
-			write(t, globalFile, tt.global+"prefix: zz\n")
+			write(t, globalFile, tt.global+"# edited\n")
 			if _, err := config.Load(getenv, cache.Decode); !errors.Is(err, parsed.ErrMiss) {
 				t.Fatalf("front after an edit: %v, want a miss", err)
+			}
+			// Keeping the edited file's entry drops its old one.
+			if _, err := config.Load(getenv, keep(cache)); err != nil {
+				t.Fatal(err)
+			}
+			want := 1
+			if tt.project != "" {
+				want = 2
+			}
+			if entries, _ := filepath.Glob(filepath.Join(dir, "parsed", "*.json")); len(entries) != want {
+				t.Fatalf("%d entries kept, want %d: %v", len(entries), want, entries)
 			}
 		})
 	}
