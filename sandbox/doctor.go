@@ -32,7 +32,7 @@ func (m *Manager) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 		add(Finding{Check: "privilege", Detail: err.Error()})
 		return out, nil
 	}
-	add(Finding{Check: "privilege", OK: true})
+	add(Finding{Check: "privilege", OK: true, Detail: "CAP_NET_ADMIN and CAP_SYS_ADMIN"})
 	add(kernelFinding())
 
 	st, err := m.store.Read(ctx)
