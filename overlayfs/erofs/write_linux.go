@@ -292,7 +292,7 @@ func sortDir(n *inode) error {
 	sort.Slice(ps, func(i, j int) bool { return ps[i].d.name < ps[j].d.name })
 	for i, p := range ps {
 		if i > 0 && ps[i-1].d.name == p.d.name {
-			return fmt.Errorf("%s: name %q listed twice: %w", n.e.Path, p.d.name, ErrFormat)
+			return fmt.Errorf("directory %q: name %q listed twice: %w", n.e.Path, p.d.name, ErrFormat)
 		}
 		n.children[i], n.kids[i] = p.d, p.k
 	}
