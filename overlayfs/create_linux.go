@@ -390,7 +390,9 @@ func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man
 		err = writeManifest(filepath.Join(tmp, "manifest"), man)
 	}
 	if err == nil {
-		err = writeJSON(filepath.Join(tmp, "meta.json"), b, true)
+		// No fsync of its own: the syncfs below covers it, and each flush
+		// costs a device cache flush.
+		err = writeJSON(filepath.Join(tmp, "meta.json"), b, false)
 	}
 	if err == nil {
 		// A base outlives reboots and is never rewritten: its files must be
