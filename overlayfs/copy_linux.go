@@ -618,6 +618,13 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
+// logSkipped notes the special files a snapshot of src leaves out.
+func logSkipped(logf func(string, ...any), src string, w *walkResult) {
+	for _, s := range w.skipped {
+		logf("snapshot %s: skipping %q: sockets, FIFOs and devices are not copied", src, s)
+	}
+}
+
 // snapshotTree copies src into dst (created here) and reports whether every
 // regular file was reflinked. On any error dst is removed.
 func snapshotTree(ctx context.Context, src, dst string, ex *excluder, tryReflink bool, progOut io.Writer, logf func(string, ...any)) (bool, error) {
@@ -631,9 +638,7 @@ func snapshotTree(ctx context.Context, src, dst string, ex *excluder, tryReflink
 // copyWalked copies what a walk of src found into dst (created here). On
 // any error dst is removed.
 func copyWalked(ctx context.Context, src, dst string, w *walkResult, tryReflink bool, progOut io.Writer, logf func(string, ...any)) (reflinked bool, err error) {
-	for _, s := range w.skipped {
-		logf("snapshot %s: skipping %q: sockets, FIFOs and devices are not copied", src, s)
-	}
+	logSkipped(logf, src, w)
 	if err := os.Mkdir(dst, 0o700); err != nil {
 		return false, fmt.Errorf("create snapshot directory: %w", err)
 	}

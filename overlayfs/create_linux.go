@@ -37,6 +37,13 @@ type baseMeta struct {
 	Files    int       `json:"files"`
 	Bytes    int64     `json:"bytes"`
 	Created  time.Time `json:"created"`
+	// Image names the EROFS image (in the base's directory) holding a full
+	// snapshot, mounted at t/; without it t/ is a plain directory (thin
+	// layers, copy bases, bases made before images existed).
+	Image string `json:"image,omitempty"`
+	// NoImage says why a full overlay snapshot is a directory: its image
+	// could not be mounted.
+	NoImage string `json:"noImage,omitempty"`
 }
 
 // Base classes: overlay bases may be thin layers, copy bases never are
@@ -158,6 +165,9 @@ func (m *Manager) create(ctx context.Context, id, source string, o CreateOptions
 	}
 	base, how, err := m.sourceBase(ctx, src, ex, o.Exclude, class, register)
 	if err != nil {
+		return nil, 0, err
+	}
+	if err := m.mountBase(base, false); err != nil {
 		return nil, 0, err
 	}
 	link, err := readGitLink(src)
@@ -346,12 +356,13 @@ func (m *Manager) install(b *baseMeta, register func(*baseMeta) error) (bool, er
 	tmp := filepath.Join(m.root, dirTmp, b.ID)
 	for _, l := range b.Layers[1:] {
 		if _, err := os.Stat(m.layerDir(l)); err != nil {
-			os.RemoveAll(tmp)
+			removeLayerDir(tmp)
 			return false, nil
 		}
 	}
+	// An image mounted at tmp/t moves with its directory.
 	if err := os.Rename(tmp, m.baseDir(b.ID)); err != nil {
-		os.RemoveAll(tmp)
+		removeLayerDir(tmp)
 		return false, fmt.Errorf("install base %s: %w", b.ID, err)
 	}
 	return true, register(b)
@@ -361,7 +372,7 @@ func (m *Manager) install(b *baseMeta, register func(*baseMeta) error) (bool, er
 // of the same source when that is cheaper, a whole snapshot otherwise.
 func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man manifest, ex *excluder, allowThin bool) error {
 	tmp := filepath.Join(m.root, dirTmp, b.ID)
-	if err := os.RemoveAll(tmp); err != nil { // left by a crashed builder
+	if err := removeLayerDir(tmp); err != nil { // left by a crashed builder
 		return fmt.Errorf("clean %s: %w", tmp, err)
 	}
 	if err := os.Mkdir(tmp, 0o755); err != nil {
@@ -379,7 +390,9 @@ func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man
 		err = writeManifest(filepath.Join(tmp, "manifest"), man)
 	}
 	if err == nil {
-		err = writeJSON(filepath.Join(tmp, "meta.json"), b, true)
+		// No fsync of its own: the syncfs below covers it, and each flush
+		// costs a device cache flush.
+		err = writeJSON(filepath.Join(tmp, "meta.json"), b, false)
 	}
 	if err == nil {
 		// A base outlives reboots and is never rewritten: its files must be
@@ -388,22 +401,40 @@ func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man
 		err = syncFS(tmp)
 	}
 	if err != nil {
-		os.RemoveAll(tmp)
+		removeLayerDir(tmp)
 		return err
 	}
 	return nil
 }
 
+// buildFull takes a whole snapshot: for overlay bases an EROFS image, which
+// creates one file instead of one per source path, unless images cannot
+// be mounted here; a directory tree otherwise.
 func (m *Manager) buildFull(ctx context.Context, b *baseMeta, w *walkResult, tmp string) error {
 	start := time.Now()
+	b.Parent = ""
+	b.Layers = []string{b.ID}
+	b.Files, b.Bytes = w.files, w.bytes
+	if b.Class == classOverlay && !m.noImage.Load() {
+		ok, err := m.buildImage(ctx, b, w, tmp)
+		if err != nil {
+			return err
+		}
+		if ok {
+			how := "copied"
+			if b.Reflink {
+				how = "reflinked"
+			}
+			m.logf("base %s: image of %d files (%d MB, %s) from %s in %s", b.ID, w.files, w.bytes>>20, how,
+				b.Source, time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+	}
 	reflinked, err := copyWalked(ctx, b.Source, filepath.Join(tmp, "t"), w, true, m.opts.progress, m.logf)
 	if err != nil {
 		return err
 	}
-	b.Parent = ""
-	b.Layers = []string{b.ID}
 	b.Reflink = reflinked
-	b.Files, b.Bytes = w.files, w.bytes
 	how := "copied"
 	if reflinked {
 		how = "reflinked"
@@ -495,6 +526,13 @@ func (m *Manager) Ensure(ctx context.Context, id string) (*Workspace, error) {
 		return nil, err
 	}
 	if !mounted.Overlay(w.Path) {
+		b, err := m.readBase(w.Base)
+		if err != nil {
+			return nil, fmt.Errorf("workspace %q: base: %w", id, err)
+		}
+		if err := m.mountBase(b, true); err != nil {
+			return nil, fmt.Errorf("workspace %q: %w", id, err)
+		}
 		for _, l := range w.Layers {
 			if _, err := os.Stat(l); err != nil {
 				return nil, fmt.Errorf("workspace %q: base layer: %w", id, err)
@@ -589,6 +627,10 @@ func (m *Manager) gc(ctx context.Context) error {
 		if b, err := m.readBase(e.Name()); err == nil {
 			lost[watchKey(b.Source, b.Excludes)] = b
 		}
+		if err := unmountImage(m.layerDir(e.Name())); err != nil {
+			errs = append(errs, fmt.Errorf("remove base %s: %w", e.Name(), err))
+			continue
+		}
 		// Rename first so a half-deleted base is never mistaken for one.
 		trash := filepath.Join(m.root, dirTmp, "gc-"+e.Name()+"-"+randHex())
 		if err := os.Rename(m.baseDir(e.Name()), trash); err != nil {
@@ -608,7 +650,7 @@ func (m *Manager) gc(ctx context.Context) error {
 	for _, e := range tmps {
 		name := e.Name()
 		if strings.HasPrefix(name, "gc-") {
-			os.RemoveAll(filepath.Join(m.root, dirTmp, name))
+			removeLayerDir(filepath.Join(m.root, dirTmp, name))
 			continue
 		}
 		if strings.HasPrefix(name, "probe-") {
@@ -619,7 +661,7 @@ func (m *Manager) gc(ctx context.Context) error {
 			continue // being built
 		}
 		// The lock file stays: a waiter may hold it open.
-		os.RemoveAll(filepath.Join(m.root, dirTmp, name))
+		removeLayerDir(filepath.Join(m.root, dirTmp, name))
 		kunlock()
 	}
 	return errors.Join(errs...)

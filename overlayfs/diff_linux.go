@@ -155,14 +155,19 @@ func (m *Manager) changes(ctx context.Context, id string) ([]change, error) {
 	if err != nil {
 		return nil, err
 	}
+	b, err := m.readBase(w.Base)
+	if err != nil {
+		return nil, fmt.Errorf("workspace %q: base: %w", id, err)
+	}
+	// The lower layers are read below: after a reboot, the image must be
+	// mounted first.
+	if err := m.mountBase(b, false); err != nil {
+		return nil, fmt.Errorf("workspace %q: %w", id, err)
+	}
 	var cs []change
 	if w.Mode == ModeOverlay {
 		cs, err = diffUpper(ctx, w.Upper, lowerView{layers: w.Layers})
 	} else {
-		var b *baseMeta
-		if b, err = m.readBase(w.Base); err != nil {
-			return nil, fmt.Errorf("workspace %q: base: %w", id, err)
-		}
 		cs, err = diffTrees(ctx, w.Path, lowerView{layers: []string{m.layerDir(b.ID)}})
 	}
 	if err != nil {

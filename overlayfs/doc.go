@@ -4,13 +4,18 @@
 //
 // The source is captured once per source state (a git repository's HEAD
 // plus its dirty and untracked files, or a fingerprint of a plain tree) as an
-// immutable base snapshot, made by reflink where the filesystem can and by a
-// parallel copy otherwise. Each workspace is an overlay mount whose lower
-// layers are that base and whose upper layer is the workspace's own, so the
-// tenth workspace of a repository costs a mount, not a copy. When the source
-// changes a little, the new state becomes a thin layer holding only what
-// changed, stacked on the previous base. Where overlay cannot be mounted the
-// workspace is a reflink or plain copy of the base.
+// immutable base snapshot: an EROFS image written by package erofs (one
+// file instead of one inode per source path, its file data reflinked from
+// the source where the filesystem can), mounted read-only. Each workspace
+// is an overlay mount whose lower layers are that base and whose upper
+// layer is the workspace's own, so the tenth workspace of a repository
+// costs a mount, not a copy. When the source changes a little, the new
+// state becomes a thin layer holding only what changed (a directory),
+// stacked on the previous base. Where overlay cannot be mounted the
+// workspace is a reflink or plain copy of a directory snapshot of the
+// base, made by reflink where the filesystem can and by a parallel copy
+// otherwise; where the image cannot be mounted, the base is such a
+// directory snapshot too.
 //
 // All data lives under the root given to [New]; a file lock under that root
 // makes a [Manager] safe to use from many processes at once.

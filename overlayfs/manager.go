@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilo-dev/cilo/overlayfs/mounted"
@@ -108,6 +109,9 @@ type Manager struct {
 
 	probeOnce sync.Once
 	overlayOK bool
+
+	mountImg func(image, dir string) error // mountImage; tests make it fail
+	noImage  atomic.Bool                   // an image failed to mount: directory snapshots from now on
 }
 
 // Layout under root:
@@ -117,7 +121,9 @@ type Manager struct {
 //	tmp/<base>/          a base being built
 //	b/<base>/meta.json   an installed base: its state, parent, layers
 //	b/<base>/manifest    the source state it shows
-//	b/<base>/t/          the layer itself (lower dir)
+//	b/<base>/t/          the layer itself (lower dir): a directory, or
+//	                     where image.erofs is mounted
+//	b/<base>/image.erofs a full snapshot as an EROFS image
 //	w/<id>/meta.json     a workspace
 //	w/<id>/o/upper, work its overlay upper and work dirs (o/ is root's only)
 //	w/<id>/m/            its mount point (ModeOverlay) or
@@ -144,7 +150,7 @@ func New(root string, opts ...Opt) (*Manager, error) {
 	if strings.ContainsAny(root, ",:\\\n") {
 		return nil, fmt.Errorf("workspace root %q: must not contain , : \\ or newlines", root)
 	}
-	m := &Manager{root: root}
+	m := &Manager{root: root, mountImg: mountImage}
 	for _, o := range opts {
 		o(&m.opts)
 	}

@@ -9,6 +9,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cilo-dev/cilo/overlayfs/erofs"
+	"github.com/cilo-dev/cilo/overlayfs/loopfs"
 	"github.com/cilo-dev/cilo/overlayfs/mounted"
 )
 
@@ -62,6 +64,76 @@ func unmount(dir string, detach bool) error {
 		return fmt.Errorf("unmount %s: %w", dir, err)
 	}
 	return nil
+}
+
+// imageFlags mount base images read-only; they hold no devices.
+const imageFlags = unix.MS_RDONLY | unix.MS_NODEV
+
+// mountImage mounts the EROFS image read-only at dir: from the file itself
+// where the kernel can (CONFIG_EROFS_FS_BACKED_BY_FILE, Linux 6.12 on),
+// else through a loop device that lets go of the image with the mount.
+func mountImage(image, dir string) error {
+	err := unix.Mount(image, dir, "erofs", imageFlags, "")
+	if err == nil {
+		return nil
+	}
+	if lerr := mountImageLoop(image, dir); lerr != nil {
+		return fmt.Errorf("mount erofs image %s at %s: %w (through a loop device: %v)", image, dir, err, lerr)
+	}
+	return nil
+}
+
+func mountImageLoop(image, dir string) error {
+	dev, fd, err := loopfs.Attach(image, true)
+	if err != nil {
+		return err
+	}
+	// Autoclear: the device goes with its last user, the mount from now on.
+	defer unix.Close(fd)
+	if err := unix.Mount(dev, dir, "erofs", imageFlags, ""); err != nil {
+		return fmt.Errorf("mount %s: %w", dev, err)
+	}
+	return nil
+}
+
+// imageMounted reports whether an EROFS is mounted at dir (and not merely
+// around it).
+func imageMounted(dir string) bool {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil || uint32(fs.Type) != erofs.MagicNumber {
+		return false
+	}
+	var st, parent unix.Stat_t
+	if unix.Stat(dir, &st) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev
+}
+
+// unmountImage unmounts the image mounted at dir, if any; lazily when
+// something still uses it (an overlay keeps its own reference).
+func unmountImage(dir string) error {
+	if !imageMounted(dir) {
+		return nil
+	}
+	err := unix.Unmount(dir, 0)
+	if errors.Is(err, unix.EBUSY) {
+		err = unix.Unmount(dir, unix.MNT_DETACH)
+	}
+	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", dir, err)
+	}
+	return nil
+}
+
+// removeLayerDir removes a base directory (built, being built or
+// collected), unmounting its image first: a removal must never reach into
+// a mounted image, nor leave the mount behind.
+func removeLayerDir(dir string) error {
+	if err := unmountImage(filepath.Join(dir, "t")); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
 }
 
 // probeOverlay mounts a throwaway overlay under dir to learn whether this

@@ -47,20 +47,22 @@ func sharedExtents(t *testing.T, file string) bool {
 }
 
 // TestReflinkOnXFS proves the reflink path on a real reflink filesystem: the
-// base snapshot and a reflink-mode workspace share their data extents with
-// the source instead of copying them.
+// base snapshot (an overlay base's EROFS image) and a reflink-mode
+// workspace share their data extents with the source instead of copying
+// them.
 func TestReflinkOnXFS(t *testing.T) {
 	requireRoot(t)
 	tests := []struct {
 		name  string
 		force Mode
 		want  Mode
-		file  func(m *Manager, ws *Workspace) string // a snapshot file to check
+		image bool                                                // the base is an image
+		file  func(m *Manager, ws *Workspace, b *baseMeta) string // a snapshot file to check
 	}{
-		{"overlay_base_is_reflinked", "", ModeOverlay, func(m *Manager, ws *Workspace) string {
-			return filepath.Join(ws.Layers[0], "data.bin")
+		{"overlay_base_image_is_reflinked", "", ModeOverlay, true, func(m *Manager, ws *Workspace, b *baseMeta) string {
+			return filepath.Join(m.baseDir(b.ID), b.Image)
 		}},
-		{"reflink_workspace", ModeReflink, ModeReflink, func(m *Manager, ws *Workspace) string {
+		{"reflink_workspace", ModeReflink, ModeReflink, false, func(m *Manager, ws *Workspace, b *baseMeta) string {
 			return filepath.Join(ws.Path, "data.bin")
 		}},
 	}
@@ -101,7 +103,10 @@ func TestReflinkOnXFS(t *testing.T) {
 			if !b.Reflink {
 				t.Error("base was not reflinked on XFS")
 			}
-			f := tt.file(m, ws)
+			if got := b.Image != ""; got != tt.image {
+				t.Errorf("base image %q, want an image: %v", b.Image, tt.image)
+			}
+			f := tt.file(m, ws, b)
 			if !sharedExtents(t, f) {
 				out, _ := exec.Command("filefrag", "-v", f).CombinedOutput()
 				t.Errorf("%s does not share extents:\n%s", f, out)

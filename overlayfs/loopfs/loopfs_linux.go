@@ -1,7 +1,9 @@
 // Package loopfs mounts a small filesystem kept in an image file on a loop
 // device. Tests and benchmarks of overlayfs use it to get a filesystem with
 // properties the host's may lack (XFS with reflink, a tiny disk that fills
-// up) without touching any existing disk or mount.
+// up) without touching any existing disk or mount; overlayfs attaches its
+// EROFS base images with [Attach] where the kernel cannot mount them from
+// the file itself.
 package loopfs
 
 import (
@@ -46,7 +48,7 @@ func Mount(ctx context.Context, image string, size int64, fstype string, mkfsArg
 	if out, err := exec.CommandContext(ctx, "mkfs."+fstype, args...).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mkfs.%s %s: %w: %s", fstype, image, err, strings.TrimSpace(string(out)))
 	}
-	dev, fd, err := attach(image)
+	dev, fd, err := Attach(image, false)
 	if err != nil {
 		return nil, err
 	}
@@ -59,10 +61,16 @@ func Mount(ctx context.Context, image string, size int64, fstype string, mkfsArg
 	return &FS{Dir: dir, Dev: dev, image: image}, nil
 }
 
-// attach binds image to a free loop device with autoclear set: the device
-// lets go of the image once it is unmounted and no longer open.
-func attach(image string) (string, int, error) {
-	img, err := unix.Open(image, unix.O_RDWR|unix.O_CLOEXEC, 0)
+// Attach binds image to a free loop device with autoclear set: the device
+// lets go of the image once it is unmounted and no longer open. It returns
+// the device and a descriptor holding it open, which the caller closes
+// once the device is mounted (or no longer needed).
+func Attach(image string, readOnly bool) (string, int, error) {
+	mode := unix.O_RDWR
+	if readOnly {
+		mode = unix.O_RDONLY
+	}
+	img, err := unix.Open(image, mode|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", -1, fmt.Errorf("open image %s: %w", image, err)
 	}
@@ -84,12 +92,15 @@ func attach(image string) (string, int, error) {
 				return "", -1, fmt.Errorf("create %s: %w", dev, err)
 			}
 		}
-		fd, err := unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(dev, mode|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return "", -1, fmt.Errorf("open %s: %w", dev, err)
 		}
 		cfg := unix.LoopConfig{Fd: uint32(img)}
 		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+		if readOnly {
+			cfg.Info.Flags |= unix.LO_FLAGS_READ_ONLY
+		}
 		copy(cfg.Info.File_name[:], filepath.Base(image))
 		err = unix.IoctlLoopConfigure(fd, &cfg)
 		if err != nil {
