@@ -13,7 +13,7 @@ fi
 need="ip:iproute2 nft:nftables git:git containerd:containerd runc:runc
 mkfs.xfs:xfsprogs busybox:busybox-static dnsmasq:dnsmasq-base dnsperf:dnsperf
 getent:libc-bin useradd:passwd filefrag:e2fsprogs losetup:mount curl:curl
-unshare:util-linux patch:patch script:bsdutils"
+unshare:util-linux patch:patch script:bsdutils fsck.erofs:erofs-utils"
 # --bench adds the anchors make bench compares cilo with.
 if [ "${1:-}" = --bench ]; then
 	need="$need podman:podman podman-compose:podman-compose"
