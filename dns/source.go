@@ -52,8 +52,12 @@ func (s *StateSource) Run(ctx context.Context, update func(*Zone)) error {
 	stop := context.AfterFunc(ctx, func() { w.Close() }) // wakes Wait below
 	defer stop()
 	serial := uint32(time.Now().Unix())
+	// Every reload reads the whole state; the rereader parses only the
+	// records that changed, so a wave of creates among hundreds of envs
+	// costs the server a few records per reload, not all of them.
+	rr := store.Rereader()
 	load := func() error {
-		st, err := store.Read(ctx)
+		st, err := rr.Read(ctx)
 		if err != nil {
 			return err
 		}
