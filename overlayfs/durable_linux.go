@@ -29,7 +29,7 @@ import (
 // ErrTornBase is returned (wrapped) when a workspace's base was written in
 // an earlier boot and was not known to be on disk when that boot ended:
 // its image may be torn. The workspace must be removed and made again.
-var ErrTornBase = errors.New("base may be torn: it was not yet on disk when the machine went down")
+var ErrTornBase = errors.New("its image may be torn")
 
 // bootIDFile names the current boot; it changes at every boot.
 const bootIDFile = "/proc/sys/kernel/random/boot_id"
