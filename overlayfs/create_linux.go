@@ -44,6 +44,9 @@ type baseMeta struct {
 	// NoImage says why a full overlay snapshot is a directory: its image
 	// could not be mounted.
 	NoImage string `json:"noImage,omitempty"`
+	// PendingBoot is the boot id of the boot that wrote the base while it
+	// is not yet known to be on disk; empty once it is (see markDurable).
+	PendingBoot string `json:"pendingBoot,omitempty"`
 }
 
 // Base classes: overlay bases may be thin layers, copy bases never are
@@ -163,7 +166,7 @@ func (m *Manager) create(ctx context.Context, id, source string, o CreateOptions
 		}
 		return m.writeWS(meta, false)
 	}
-	base, how, err := m.sourceBase(ctx, src, ex, o.Exclude, class, register)
+	base, how, handed, err := m.sourceBase(ctx, src, ex, o.Exclude, class, register)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -192,6 +195,19 @@ func (m *Manager) create(ctx context.Context, id, source string, o CreateOptions
 	if mode == ModeOverlay {
 		if err := mountOverlay(meta.Layers, meta.Upper, meta.Work, meta.Path); err != nil {
 			return nil, 0, err
+		}
+	}
+	// The workspace is made: now its base may go to disk. Asked of this
+	// source's watcher when one runs, so this Create does not wait for it;
+	// inline without watchers. Either way a failure leaves the base
+	// marked, usable until the next boot, never after: no error here.
+	if base.PendingBoot != "" && !handed {
+		key := ""
+		if m.opts.watcher != nil {
+			key = watchKey(src, o.Exclude)
+		}
+		if err := m.syncLater(ctx, key, base); err != nil {
+			m.logf("base %s: %v", base.ID, err)
 		}
 	}
 	out := meta.Workspace
@@ -292,7 +308,10 @@ func (m *Manager) abort(ctx context.Context, id string) {
 // from a watcher's changed paths) only a thin layer can be built; when a
 // whole snapshot is due it returns errNeedWalk.
 func (m *Manager) ensureBase(ctx context.Context, key, src string, w *walkResult, man manifest, ex *excluder, excludes []string, class string, register func(*baseMeta) error) (*baseMeta, error) {
-	id := key[:20]
+	id, err := m.baseID(key)
+	if err != nil {
+		return nil, err
+	}
 	if b, ok, err := m.registerExisting(id, register); ok || err != nil {
 		return b, err
 	}
@@ -321,6 +340,25 @@ func (m *Manager) ensureBase(ctx context.Context, key, src string, w *walkResult
 	}
 }
 
+// baseID names the base of state key: the key's first 20 digits, unless a
+// torn base (see torn) holds that name; then a base of this boot beside
+// it. The torn one stays for the envs on it, which cannot be mounted
+// again, until they are removed.
+func (m *Manager) baseID(key string) (string, error) {
+	id := key[:20]
+	if b, err := m.readBase(id); err != nil || !m.torn(b) {
+		return id, nil
+	}
+	boot, err := m.bootID()
+	if err != nil {
+		return "", fmt.Errorf("base %s: %w", id, err)
+	}
+	return id + "-" + strings.ReplaceAll(boot, "-", "")[:12], nil
+}
+
+// registerExisting registers the installed base id, unless it is torn
+// (written before a reboot and not known to be on disk): that one is
+// never used again, and reported as missing.
 func (m *Manager) registerExisting(id string, register func(*baseMeta) error) (*baseMeta, bool, error) {
 	unlock, err := m.lock()
 	if err != nil {
@@ -333,6 +371,9 @@ func (m *Manager) registerExisting(id string, register func(*baseMeta) error) (*
 	}
 	if err != nil {
 		return nil, false, err
+	}
+	if m.torn(b) {
+		return nil, false, nil
 	}
 	return b, true, register(b)
 }
@@ -389,16 +430,22 @@ func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man
 	if err == nil {
 		err = writeManifest(filepath.Join(tmp, "manifest"), man)
 	}
-	if err == nil {
-		// No fsync of its own: the syncfs below covers it, and each flush
-		// costs a device cache flush.
+	// A base outlives reboots: its files must be on disk before an env
+	// relies on it after a crash (ext4 would otherwise leave empty files).
+	// That flush is left to after the Create (syncLater); until then the
+	// metadata names this boot, and it alone is fsynced now, so that after
+	// a crash the mark is there to say the rest may be torn. Without a
+	// boot id to name, the base is flushed here, as a whole.
+	boot, berr := m.bootID()
+	if err == nil && berr == nil {
+		b.PendingBoot = boot
+		err = writeJSON(filepath.Join(tmp, "meta.json"), b, true)
+	} else if err == nil {
+		b.PendingBoot = ""
 		err = writeJSON(filepath.Join(tmp, "meta.json"), b, false)
-	}
-	if err == nil {
-		// A base outlives reboots and is never rewritten: its files must be
-		// on disk before any env relies on it (ext4 would otherwise leave
-		// empty files after a crash). One syncfs, not an fsync per file.
-		err = syncFS(tmp)
+		if err == nil {
+			err = syncFS(tmp)
+		}
 	}
 	if err != nil {
 		removeLayerDir(tmp)
@@ -445,8 +492,8 @@ func (m *Manager) buildFull(ctx context.Context, b *baseMeta, w *walkResult, tmp
 }
 
 // newestBase returns the most recent installed base of the same source,
-// exclude list and class.
-func (m *Manager) newestBase(src string, excludes []string, class string) *baseMeta {
+// exclude list and class; with usable, torn bases (see torn) are left out.
+func (m *Manager) newestBase(src string, excludes []string, class string, usable bool) *baseMeta {
 	ents, err := os.ReadDir(filepath.Join(m.root, dirBases))
 	if err != nil {
 		return nil
@@ -455,6 +502,9 @@ func (m *Manager) newestBase(src string, excludes []string, class string) *baseM
 	for _, e := range ents {
 		b, err := m.readBase(e.Name())
 		if err != nil || b.Class != class || b.Source != src || fmt.Sprint(b.Excludes) != fmt.Sprint(excludes) {
+			continue
+		}
+		if usable && m.torn(b) {
 			continue
 		}
 		if best == nil || b.Created.After(best.Created) {
@@ -470,7 +520,7 @@ func (m *Manager) buildThin(ctx context.Context, b *baseMeta, man manifest, ex *
 	if !allowThin {
 		return false, nil
 	}
-	parent := m.newestBase(b.Source, b.Excludes, b.Class)
+	parent := m.newestBase(b.Source, b.Excludes, b.Class, true)
 	if parent == nil || len(parent.Layers) >= maxLayers {
 		return false, nil
 	}
@@ -529,6 +579,9 @@ func (m *Manager) Ensure(ctx context.Context, id string) (*Workspace, error) {
 		b, err := m.readBase(w.Base)
 		if err != nil {
 			return nil, fmt.Errorf("workspace %q: base: %w", id, err)
+		}
+		if err := m.checkStack(w, b); err != nil {
+			return nil, err
 		}
 		if err := m.mountBase(b, true); err != nil {
 			return nil, fmt.Errorf("workspace %q: %w", id, err)

@@ -112,6 +112,7 @@ type Manager struct {
 
 	mountImg func(image, dir string) error // mountImage; tests make it fail
 	noImage  atomic.Bool                   // an image failed to mount: directory snapshots from now on
+	bootID   func() (string, error)        // readBootID; tests play other boots
 }
 
 // Layout under root:
@@ -150,7 +151,7 @@ func New(root string, opts ...Opt) (*Manager, error) {
 	if strings.ContainsAny(root, ",:\\\n") {
 		return nil, fmt.Errorf("workspace root %q: must not contain , : \\ or newlines", root)
 	}
-	m := &Manager{root: root, mountImg: mountImage}
+	m := &Manager{root: root, mountImg: mountImage, bootID: readBootID}
 	for _, o := range opts {
 		o(&m.opts)
 	}

@@ -46,13 +46,17 @@ func sourceExcluder(src, root string, globs []string) (*excluder, error) {
 // (readSource), and the first Create of a source to find no watcher
 // starts one, watching every directory before reading it so the watcher
 // vouches for the state read.
-func (m *Manager) sourceBase(ctx context.Context, src string, ex *excluder, excludes []string, class string, register func(*baseMeta) error) (*baseMeta, readHow, error) {
+//
+// handed says the base's flush (see syncLater) was handed to the watcher
+// this Create started.
+func (m *Manager) sourceBase(ctx context.Context, src string, ex *excluder, excludes []string, class string, register func(*baseMeta) error) (b *baseMeta, how readHow, handed bool, err error) {
 	if m.opts.watcher == nil {
-		return m.readSource(ctx, src, ex, excludes, class, nil, register)
+		b, how, err = m.readSource(ctx, src, ex, excludes, class, nil, register)
+		return b, how, false, err
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(src, &st); err != nil {
-		return nil, 0, fmt.Errorf("source %s: %w", src, err)
+		return nil, 0, false, fmt.Errorf("source %s: %w", src, err)
 	}
 	key := watchKey(src, excludes)
 	rep, lock := m.findWatcher(ctx, key, class)
@@ -67,38 +71,44 @@ func (m *Manager) sourceBase(ctx context.Context, src string, ex *excluder, excl
 	case rep != nil:
 		b, how, err := m.fromWatcher(ctx, key, rep, src, ex, excludes, class, register)
 		if b != nil || err != nil {
-			return b, how, err
+			return b, how, false, err
 		}
 		// Everything read from here on comes after change rep.Seq.
 		b, how, err = m.readSource(ctx, src, ex, excludes, class, nil, register)
 		if err == nil {
 			m.markWatcher(ctx, key, class, b.ID, rep.Seq)
 		}
-		return b, how, err
+		return b, how, false, err
 	case lock != nil:
 		ws, err := newWatchSet()
 		if err != nil {
 			lock.Close()
 			m.logf("not watching %s: %v", src, err)
-			return m.readSource(ctx, src, ex, excludes, class, nil, register)
+			b, how, err := m.readSource(ctx, src, ex, excludes, class, nil, register)
+			return b, how, false, err
 		}
 		b, how, err := m.readSource(ctx, src, ex, excludes, class, ws, register)
 		if err == nil && ws.err == nil {
 			h := watchHandoff{Root: m.root, Key: key, Source: src, Dev: uint64(st.Dev), Ino: st.Ino,
 				Excludes: excludes, Class: class, Base: b.ID}
+			if b.PendingBoot != "" {
+				h.Sync = []string{b.ID}
+			}
 			if err := m.startWatcher(ws, lock, h); err != nil {
 				m.logf("not watching %s: %v", src, err)
+				return b, how, false, nil
 			}
-			return b, how, nil
+			return b, how, h.Sync != nil, nil
 		}
 		if ws.err != nil {
 			m.logf("not watching %s: %v; each env of it checks every file", src, ws.err)
 		}
 		ws.close()
 		lock.Close()
-		return b, how, err
+		return b, how, false, err
 	}
-	return m.readSource(ctx, src, ex, excludes, class, nil, register)
+	b, how, err = m.readSource(ctx, src, ex, excludes, class, nil, register)
+	return b, how, false, err
 }
 
 // fromWatcher answers from a watcher's reply: its mark when nothing
@@ -139,7 +149,7 @@ func (m *Manager) fromWatcher(ctx context.Context, key string, rep *watchReply, 
 // path by path, else a walk. With a watch set, every directory is watched
 // before it is read.
 func (m *Manager) readSource(ctx context.Context, src string, ex *excluder, excludes []string, class string, ws *watchSet, register func(*baseMeta) error) (*baseMeta, readHow, error) {
-	if prev := m.newestBase(src, excludes, class); prev != nil {
+	if prev := m.newestBase(src, excludes, class, true); prev != nil {
 		if man, err := readManifest(filepath.Join(m.baseDir(prev.ID), "manifest")); err == nil {
 			ws.addManifest(src, man)
 			if unchanged(ctx, src, man) {

@@ -161,7 +161,7 @@ func (m *Manager) stopWatcher(ctx context.Context, key string) {
 // that is whether any env of it is left.
 func (m *Manager) hasBase(src string, excludes []string) bool {
 	for _, class := range []string{classOverlay, classCopy} {
-		if m.newestBase(src, excludes, class) != nil {
+		if m.newestBase(src, excludes, class, false) != nil {
 			return true
 		}
 	}

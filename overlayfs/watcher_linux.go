@@ -36,6 +36,9 @@ type watchHandoff struct {
 	Class    string // the first mark: Base shows the source as of change 0
 	Base     string
 	Dirs     map[int32]string
+	// Sync lists bases to flush and mark durable (see syncLater). Alone,
+	// without a Key, it makes the process a syncer that exits when done.
+	Sync []string
 }
 
 const (
@@ -44,8 +47,8 @@ const (
 )
 
 // watchRequest is one request to a watcher: "state" (the class's mark and
-// what changed since), "mark" (Base shows the source as of change Seq) or
-// "stop".
+// what changed since), "mark" (Base shows the source as of change Seq),
+// "sync" (flush Base and mark it durable; answered at once) or "stop".
 type watchRequest struct {
 	Op    string
 	Class string
@@ -80,6 +83,11 @@ type watcher struct {
 	t     *tracker
 	stale error
 	marks map[string]watchMark
+
+	m       *Manager
+	logf    func(string, ...any)
+	syncing map[string]bool // bases being flushed (under mu)
+	syncWG  sync.WaitGroup  // flushes running: waited for before exiting
 }
 
 type watchMark struct {
@@ -97,6 +105,9 @@ func RunWatcher(ctx context.Context, logf func(string, ...any)) error {
 	var h watchHandoff
 	if err := gob.NewDecoder(os.Stdin).Decode(&h); err != nil {
 		return fmt.Errorf("read watcher handoff: %w", err)
+	}
+	if h.Key == "" {
+		return runSyncer(ctx, h, logf)
 	}
 	lock := os.NewFile(watchFDLock, "lock")
 	defer lock.Close()
@@ -120,9 +131,16 @@ func RunWatcher(ctx context.Context, logf func(string, ...any)) error {
 	if err != nil {
 		return err
 	}
+	m := &Manager{root: h.Root, bootID: readBootID}
 	w := &watcher{h: h, ino: rc, buf: make([]byte, 64<<10), quit: make(chan string, 1), t: t,
-		marks: map[string]watchMark{h.Class: {base: h.Base}}}
-	m := &Manager{root: h.Root}
+		marks: map[string]watchMark{h.Class: {base: h.Base}}, m: m, logf: logf, syncing: map[string]bool{}}
+	// Flushes outlive a stop: a base's mark must not be lost because its
+	// last env went while it was flushed (marking a collected base is a
+	// no-op).
+	defer w.syncWG.Wait()
+	for _, id := range h.Sync {
+		w.sync(id)
+	}
 	sock := m.watchPath(h.Key, ".sock")
 	ln, err := listenUnix(sock)
 	if err != nil {
@@ -237,11 +255,44 @@ func (w *watcher) answer(req watchRequest) watchReply {
 			oldest = min(oldest, m.seq)
 		}
 		w.t.prune(oldest)
+	case "sync":
+		w.syncLocked(req.Base)
 	case "stop":
 	default:
 		rep.Err = fmt.Sprintf("unknown request %q", req.Op)
 	}
 	return rep
+}
+
+// sync flushes base id and marks it durable, in the background; one
+// flush per base at a time.
+func (w *watcher) sync(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.syncLocked(id)
+}
+
+func (w *watcher) syncLocked(id string) {
+	if id == "" || w.syncing[id] {
+		return
+	}
+	w.syncing[id] = true
+	w.syncWG.Add(1)
+	go func() {
+		defer w.syncWG.Done()
+		start := time.Now()
+		// Not bound to the watcher's context: a flush is short and must
+		// finish for the mark to be written.
+		err := w.m.markDurable(context.Background(), id)
+		w.mu.Lock()
+		delete(w.syncing, id)
+		w.mu.Unlock()
+		if err != nil {
+			w.logf("base %s: %v", id, err)
+			return
+		}
+		w.logf("base %s: on disk after %s", id, time.Since(start).Round(time.Millisecond))
+	}()
 }
 
 // listenUnix listens on a unix socket at path, replacing a stale one

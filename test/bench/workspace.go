@@ -57,16 +57,19 @@ func runWorkspace(ctx context.Context, env *Env) ([]Row, error) {
 		return nil, err
 	}
 	env.Logf("fixture: %d files", files)
+	settle := func() { wsSettle(ctx, env, tmp) }
 
 	var rows []Row
+	settle()
 	// First env on this machine's filesystem (ext4: no reflink, copy).
-	first, err := wsFirstEnv(ctx, env, tmp, fixture, "ext4")
+	first, err := wsFirstEnv(ctx, env, fixture, "ext4", settle)
 	if err != nil {
 		return nil, err
 	}
 	rows = append(rows, first...)
 
 	// First env where reflink is available: an XFS image with reflink=1.
+	settle()
 	xfsRows, err := wsReflinkFirstEnv(ctx, env, tmp, fixture)
 	if err != nil {
 		return nil, err
@@ -74,7 +77,8 @@ func runWorkspace(ctx context.Context, env *Env) ([]Row, error) {
 	rows = append(rows, xfsRows...)
 
 	// Further envs at three repository sizes.
-	wt, err := wsWorktreeMedian(ctx, fixture, tmp, wsFirstRuns)
+	settle()
+	wt, err := wsWorktreeMedian(ctx, fixture, tmp, wsFirstRuns, settle)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +96,8 @@ func runWorkspace(ctx context.Context, env *Env) ([]Row, error) {
 			return nil, err
 		}
 	}
-	further, err := wsFurther(ctx, env, tmp, []wsRepo{
+	settle()
+	further, err := wsFurther(ctx, env, tmp, settle, []wsRepo{
 		{"1k files", small},
 		{fmt.Sprintf("%.1fk files (Go src)", float64(files)/1000), fixture},
 		{"50k files", large},
@@ -103,11 +108,13 @@ func runWorkspace(ctx context.Context, env *Env) ([]Row, error) {
 	rows = append(rows, further...)
 
 	// An env after editing 3 files, and the disk 10 envs use.
-	r, err := wsAfterEdit(ctx, env, tmp, fixture, wt)
+	settle()
+	r, err := wsAfterEdit(ctx, env, tmp, fixture, wt, settle)
 	if err != nil {
 		return nil, err
 	}
 	rows = append(rows, r)
+	settle()
 	r, err = wsDisk(ctx, env, tmp, fixture)
 	if err != nil {
 		return nil, err
@@ -185,8 +192,9 @@ func wsSynth(dir string, n int) error {
 func median(ds []time.Duration) time.Duration { return percentile(ds, 50) }
 
 // wsTimed runs f n times and returns the median duration. The undo f
-// returns runs after the clock stops.
-func wsTimed(n int, f func(i int) (undo func(), err error)) (time.Duration, error) {
+// returns runs after the clock stops, then settle (see wsSettle), so that
+// no run pays for the writeback and discards of the one before.
+func wsTimed(n int, settle func(), f func(i int) (undo func(), err error)) (time.Duration, error) {
 	var ds []time.Duration
 	for i := 0; i < n; i++ {
 		start := time.Now()
@@ -195,6 +203,7 @@ func wsTimed(n int, f func(i int) (undo func(), err error)) (time.Duration, erro
 		if undo != nil {
 			undo()
 		}
+		settle()
 		if err != nil {
 			return 0, err
 		}
@@ -204,15 +213,15 @@ func wsTimed(n int, f func(i int) (undo func(), err error)) (time.Duration, erro
 }
 
 // wsWorktreeMedian times `git worktree add` of repo (each removed again).
-func wsWorktreeMedian(ctx context.Context, repo, tmp string, n int) (time.Duration, error) {
-	return wsWorktreeTimed(ctx, repo, tmp, n, false)
+func wsWorktreeMedian(ctx context.Context, repo, tmp string, n int, settle func()) (time.Duration, error) {
+	return wsWorktreeTimed(ctx, repo, tmp, n, false, settle)
 }
 
 // wsWorktreeTimed is wsWorktreeMedian, with durable adding a syncfs of the
 // worktree's filesystem to the time: what cilo's first env pays to make
 // its base durable, so the two can be compared at equal durability.
-func wsWorktreeTimed(ctx context.Context, repo, tmp string, n int, durable bool) (time.Duration, error) {
-	return wsTimed(n, func(i int) (func(), error) {
+func wsWorktreeTimed(ctx context.Context, repo, tmp string, n int, durable bool, settle func()) (time.Duration, error) {
+	return wsTimed(n, settle, func(i int) (func(), error) {
 		wt := filepath.Join(tmp, fmt.Sprintf("wt-%d", i))
 		undo := func() { wsShell(ctx, repo, "git", "worktree", "remove", "--force", wt) }
 		if err := wsShell(ctx, repo, "git", "worktree", "add", "-q", "--detach", wt, "HEAD"); err != nil {
@@ -255,28 +264,39 @@ func wsManager(env *Env, root string) (*overlayfs.Manager, func(), error) {
 
 // wsFirstEnv times the first env of a repository (a whole base snapshot
 // plus the mount) against `git worktree add` and `cp -a` of the same tree.
-func wsFirstEnv(ctx context.Context, env *Env, tmp, repo, fsName string) ([]Row, error) {
+// The time is Create's, which returns before the base is on disk (the
+// source's watcher flushes it); each run waits for that flush after the
+// clock stops, so it never lands in the next run.
+func wsFirstEnv(ctx context.Context, env *Env, repo, fsName string, settle func()) ([]Row, error) {
 	m, cleanup, err := wsManager(env, filepath.Join(filepath.Dir(repo), "ws-first-"+fsName))
 	if err != nil {
 		return nil, err
 	}
 	defer cleanup()
 	var mode overlayfs.Mode
-	cilo, err := wsTimed(wsFirstRuns, func(i int) (func(), error) {
+	var flush []time.Duration
+	cilo, err := wsTimed(wsFirstRuns, settle, func(i int) (func(), error) {
 		id := fmt.Sprintf("first-%d", i)
 		ws, err := m.Create(ctx, id, repo, overlayfs.CreateOptions{})
 		if err != nil {
 			return nil, err
 		}
+		created := time.Now()
 		mode = ws.Mode
-		// Removing the only env collects its base: the next run is a first
-		// env again.
-		return func() { m.Remove(ctx, id) }, nil
+		return func() {
+			if err := m.WaitDurable(ctx, id); err != nil {
+				env.Logf("first env %s: %v", id, err)
+			}
+			flush = append(flush, time.Since(created))
+			// Removing the only env collects its base: the next run is a
+			// first env again.
+			m.Remove(ctx, id)
+		}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	wt, err := wsWorktreeMedian(ctx, repo, filepath.Dir(repo), wsFirstRuns)
+	wt, err := wsWorktreeMedian(ctx, repo, filepath.Dir(repo), wsFirstRuns, settle)
 	if err != nil {
 		return nil, err
 	}
@@ -284,18 +304,19 @@ func wsFirstEnv(ctx context.Context, env *Env, tmp, repo, fsName string) ([]Row,
 	// would add to the discards that slow the figures after it.
 	var wtSync time.Duration
 	if fsName != "ext4" {
-		if wtSync, err = wsWorktreeTimed(ctx, repo, filepath.Dir(repo), wsFirstRuns, true); err != nil {
+		if wtSync, err = wsWorktreeTimed(ctx, repo, filepath.Dir(repo), wsFirstRuns, true, settle); err != nil {
 			return nil, err
 		}
 	}
-	cp, err := wsTimed(wsFirstRuns, func(i int) (func(), error) {
+	cp, err := wsTimed(wsFirstRuns, settle, func(i int) (func(), error) {
 		dst := filepath.Join(filepath.Dir(repo), fmt.Sprintf("cp-%d", i))
 		return func() { os.RemoveAll(dst) }, wsShell(ctx, "", "cp", "-a", repo, dst)
 	})
 	if err != nil {
 		return nil, err
 	}
-	env.Logf("first env on %s (%s): %v; git worktree add %v (with a syncfs: %v); cp -a %v", fsName, mode, cilo, wt, wtSync, cp)
+	env.Logf("first env on %s (%s): %v (base on disk %v after Create returned); git worktree add %v (with a syncfs: %v); cp -a %v",
+		fsName, mode, cilo, flush, wt, wtSync, cp)
 	// The base is an EROFS image either way; its file data is reflinked
 	// where the filesystem can, copied otherwise.
 	how := "image, data copied"
@@ -309,8 +330,8 @@ func wsFirstEnv(ctx context.Context, env *Env, tmp, repo, fsName string) ([]Row,
 	metric := fmt.Sprintf("first env, %s, %s (Create)", how, fsName)
 	rows := []Row{{Metric: metric, Unit: "ms", Cilo: ms(cilo), AnchorName: "git worktree add", Anchor: ms(wt), Goal: goal, Met: met}}
 	if wtSync > 0 {
-		// Create ends with a syncfs that makes the base durable; git does
-		// not sync. This row compares the two at equal durability.
+		// Neither Create nor git waits for the disk; this row shows what
+		// git pays when it does.
 		rows = append(rows, Row{Metric: metric, Unit: "ms", Cilo: ms(cilo), AnchorName: "git worktree add + syncfs",
 			Anchor: ms(wtSync), Goal: "report", Met: true})
 	}
@@ -339,7 +360,9 @@ func wsReflinkFirstEnv(ctx context.Context, env *Env, tmp, fixture string) ([]Ro
 		return nil, err
 	}
 	defer os.RemoveAll(repo)
-	return wsFirstEnv(ctx, env, mnt, repo, "xfs")
+	settle := func() { wsSettle(ctx, env, mnt) }
+	settle()
+	return wsFirstEnv(ctx, env, repo, "xfs", settle)
 }
 
 // wsRepo is a source repository with its name in the figures.
@@ -352,7 +375,7 @@ type wsRepo struct{ name, dir string }
 // while (here: ext4 discards after the fixtures' deletions, which the
 // creates' fsyncs wait for) weighs on all of them alike and the figures
 // show how cost follows size.
-func wsFurther(ctx context.Context, env *Env, tmp string, repos []wsRepo) ([]Row, error) {
+func wsFurther(ctx context.Context, env *Env, tmp string, settle func(), repos []wsRepo) ([]Row, error) {
 	m, cleanup, err := wsManager(env, filepath.Join(tmp, "ws-further"))
 	if err != nil {
 		return nil, err
@@ -362,7 +385,11 @@ func wsFurther(ctx context.Context, env *Env, tmp string, repos []wsRepo) ([]Row
 		if _, err := m.Create(ctx, fmt.Sprintf("seed-%d", i), r.dir, overlayfs.CreateOptions{}); err != nil {
 			return nil, err
 		}
+		if err := m.WaitDurable(ctx, fmt.Sprintf("seed-%d", i)); err != nil {
+			return nil, err
+		}
 	}
+	settle()
 	ds := make([][]time.Duration, len(repos))
 	for run := 0; run < wsFurtherRuns; run++ {
 		for i, r := range repos {
@@ -375,7 +402,7 @@ func wsFurther(ctx context.Context, env *Env, tmp string, repos []wsRepo) ([]Row
 	}
 	var rows []Row
 	for i, r := range repos {
-		wt, err := wsWorktreeMedian(ctx, r.dir, tmp, wsFirstRuns)
+		wt, err := wsWorktreeMedian(ctx, r.dir, tmp, wsFirstRuns, settle)
 		if err != nil {
 			return nil, err
 		}
@@ -390,7 +417,7 @@ func wsFurther(ctx context.Context, env *Env, tmp string, repos []wsRepo) ([]Row
 // wsAfterEdit times an env made after the user edited 3 files of the
 // source: the watcher names the 3 files, a thin layer of them goes over
 // the previous base, then the mount.
-func wsAfterEdit(ctx context.Context, env *Env, tmp, repo string, wt time.Duration) (Row, error) {
+func wsAfterEdit(ctx context.Context, env *Env, tmp, repo string, wt time.Duration, settle func()) (Row, error) {
 	m, cleanup, err := wsManager(env, filepath.Join(tmp, "ws-edit"))
 	if err != nil {
 		return Row{}, err
@@ -399,6 +426,10 @@ func wsAfterEdit(ctx context.Context, env *Env, tmp, repo string, wt time.Durati
 	if _, err := m.Create(ctx, "seed", repo, overlayfs.CreateOptions{}); err != nil {
 		return Row{}, err
 	}
+	if err := m.WaitDurable(ctx, "seed"); err != nil {
+		return Row{}, err
+	}
+	settle()
 	targets := []string{"fmt/print.go", "net/http/server.go", "os/file.go"}
 	originals := map[string][]byte{}
 	for _, t := range targets {
@@ -431,6 +462,10 @@ func wsAfterEdit(ctx context.Context, env *Env, tmp, repo string, wt time.Durati
 		ds = append(ds, time.Since(start))
 		if len(ws.Layers) < 2 {
 			return Row{}, fmt.Errorf("env after an edit has %d layers: no thin layer was made", len(ws.Layers))
+		}
+		// The layer's flush (the watcher's) stays out of the next run.
+		if err := m.WaitDurable(ctx, ws.ID); err != nil {
+			return Row{}, err
 		}
 	}
 	d := median(ds)
@@ -497,4 +532,65 @@ func wsDiskUsage(p string) (int64, error) {
 		return nil
 	})
 	return total, err
+}
+
+// Settling: between phases and runs the bench flushes the filesystems it
+// wrote (syncfs) and then waits until no block device has written,
+// discarded or had I/O in flight for wsQuiet. On this VM's ext4, mounted
+// with discard, deleting a fixture queues discards that slow every fsync
+// for seconds after; without this wait a row measured the disk's backlog
+// of the row before it. It is bounded (wsSettleMax) so that another
+// program's steady I/O cannot stall the bench; the log says when it was
+// not quiet.
+const (
+	wsQuiet     = 300 * time.Millisecond
+	wsSettleMax = 60 * time.Second
+)
+
+func wsSettle(ctx context.Context, env *Env, dirs ...string) {
+	start := time.Now()
+	for _, d := range dirs {
+		if fd, err := unix.Open(d, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+			unix.Syncfs(fd)
+			unix.Close(fd)
+		}
+	}
+	last, quietSince := wsDiskActivity(), time.Now()
+	for time.Since(quietSince) < wsQuiet {
+		if time.Since(start) > wsSettleMax || ctx.Err() != nil {
+			env.Logf("settle: disks still busy after %v", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+		if a := wsDiskActivity(); a != last {
+			last, quietSince = a, time.Now()
+		}
+	}
+	if d := time.Since(start); d > 2*wsQuiet {
+		env.Logf("settle: disks quiet after %v", d.Round(time.Millisecond))
+	}
+}
+
+// wsDiskActivity sums, over every block device, writes and discards
+// completed and I/Os in flight (/proc/diskstats); "" when unreadable.
+func wsDiskActivity() string {
+	b, err := os.ReadFile("/proc/diskstats")
+	if err != nil {
+		return ""
+	}
+	var writes, discards, inflight uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 15 {
+			continue
+		}
+		var v [3]uint64
+		for i, col := range []int{7, 11, 14} {
+			fmt.Sscan(f[col], &v[i])
+		}
+		writes += v[0]
+		inflight += v[1]
+		discards += v[2]
+	}
+	return fmt.Sprint(writes, discards, inflight)
 }
