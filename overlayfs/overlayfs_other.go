@@ -47,3 +47,12 @@ func (m *Manager) Merge(ctx context.Context, id, branch string) error {
 func RunWatcher(ctx context.Context, logf func(string, ...any)) error {
 	return fmt.Errorf("watch workspace sources: %w", ErrUnsupported)
 }
+
+// mountImage is never reached outside Linux (Create fails first); it
+// exists so that New builds everywhere.
+func mountImage(image, dir string) error {
+	return fmt.Errorf("mount image %s: %w", image, ErrUnsupported)
+}
+
+// readBootID is never reached outside Linux, like mountImage.
+func readBootID() (string, error) { return "", ErrUnsupported }
