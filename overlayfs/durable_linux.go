@@ -2,14 +2,12 @@ package overlayfs
 
 import (
 	"context"
-	"encoding/gob"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -178,30 +176,9 @@ func (m *Manager) syncLater(ctx context.Context, key string, b *baseMeta) error 
 // startSyncer starts a detached process (the watcher command, in its sync
 // mode) that flushes base id, marks it durable and exits.
 func (m *Manager) startSyncer(id string) error {
-	mfd, err := unix.MemfdCreate("cilo-sync-handoff", unix.MFD_CLOEXEC)
+	cmd, err := m.spawnWatchCmd("syncer", watchHandoff{Root: m.root, Sync: []string{id}})
 	if err != nil {
-		return fmt.Errorf("start syncer: %w", err)
-	}
-	hand := os.NewFile(uintptr(mfd), "handoff")
-	defer hand.Close()
-	if err := gob.NewEncoder(hand).Encode(watchHandoff{Root: m.root, Sync: []string{id}}); err != nil {
-		return fmt.Errorf("start syncer: %w", err)
-	}
-	if _, err := hand.Seek(0, 0); err != nil {
-		return fmt.Errorf("start syncer: %w", err)
-	}
-	log, err := os.OpenFile(m.watchPath("", "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("start syncer: %w", err)
-	}
-	defer log.Close()
-	cmd := m.opts.watcher()
-	cmd.Stdin = hand
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start syncer %s: %w", cmd.Path, err)
+		return err
 	}
 	go cmd.Wait() // reaps it in a long-lived caller
 	return nil

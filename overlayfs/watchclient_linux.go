@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -113,36 +114,46 @@ func (m *Manager) startWatcher(ws *watchSet, lock *os.File, h watchHandoff) erro
 	ws.mu.Lock()
 	h.Dirs = ws.dirs
 	ws.mu.Unlock()
-	mfd, err := unix.MemfdCreate("cilo-watch-handoff", unix.MFD_CLOEXEC)
+	cmd, err := m.spawnWatchCmd("watcher", h, ino, lock) // fds 3 and 4
 	if err != nil {
-		return fmt.Errorf("start watcher: %w", err)
-	}
-	hand := os.NewFile(uintptr(mfd), "handoff")
-	defer hand.Close()
-	if err := gob.NewEncoder(hand).Encode(h); err != nil {
-		return fmt.Errorf("start watcher: %w", err)
-	}
-	if _, err := hand.Seek(0, 0); err != nil {
-		return fmt.Errorf("start watcher: %w", err)
-	}
-	log, err := os.OpenFile(m.watchPath("", "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("start watcher: %w", err)
-	}
-	defer log.Close()
-	cmd := m.opts.watcher()
-	cmd.Stdin = hand
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.ExtraFiles = []*os.File{ino, lock} // fds 3 and 4
-	cmd.Dir = "/"                          // keeps no filesystem busy
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start watcher %s: %w", cmd.Path, err)
+		return err
 	}
 	// From now on a Create that finds the lock held waits for the watcher.
 	lock.WriteAt([]byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0)
 	go cmd.Wait() // reaps it in a long-lived caller
 	return nil
+}
+
+// spawnWatchCmd starts the watcher command detached, handing it h on its
+// stdin and extra as fds 3 on; what names the process in errors.
+func (m *Manager) spawnWatchCmd(what string, h watchHandoff, extra ...*os.File) (*exec.Cmd, error) {
+	mfd, err := unix.MemfdCreate("cilo-"+what+"-handoff", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", what, err)
+	}
+	hand := os.NewFile(uintptr(mfd), "handoff")
+	defer hand.Close()
+	if err := gob.NewEncoder(hand).Encode(h); err != nil {
+		return nil, fmt.Errorf("start %s: %w", what, err)
+	}
+	if _, err := hand.Seek(0, 0); err != nil {
+		return nil, fmt.Errorf("start %s: %w", what, err)
+	}
+	log, err := os.OpenFile(m.watchPath("", "log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", what, err)
+	}
+	defer log.Close()
+	cmd := m.opts.watcher()
+	cmd.Stdin = hand
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.ExtraFiles = extra
+	cmd.Dir = "/" // keeps no filesystem busy
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s %s: %w", what, cmd.Path, err)
+	}
+	return cmd, nil
 }
 
 // markWatcher tells the watcher for key that base shows the source as of
