@@ -341,12 +341,16 @@ func (m *Manager) ensureBase(ctx context.Context, key, src string, w *walkResult
 }
 
 // baseID names the base of state key: the key's first 20 digits, unless a
-// torn base (see torn) holds that name; then a base of this boot beside
-// it. The torn one stays for the envs on it, which cannot be mounted
+// torn base (see torn) or one a crash left without readable metadata holds
+// that name; then a base of this boot beside it. The torn one stays for the envs on it, which cannot be mounted
 // again, until they are removed.
 func (m *Manager) baseID(key string) (string, error) {
 	id := key[:20]
-	if b, err := m.readBase(id); err != nil || !m.torn(b) {
+	b, err := m.readBase(id)
+	if err == nil && !m.torn(b) {
+		return id, nil
+	}
+	if _, serr := os.Stat(m.baseDir(id)); errors.Is(err, os.ErrNotExist) && errors.Is(serr, os.ErrNotExist) {
 		return id, nil
 	}
 	boot, err := m.bootID()
@@ -366,13 +370,8 @@ func (m *Manager) registerExisting(id string, register func(*baseMeta) error) (*
 	}
 	defer unlock()
 	b, err := m.readBase(id)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	if m.torn(b) {
+	if err != nil || m.torn(b) {
+		// Missing, or left unreadable or unflushed by a crash.
 		return nil, false, nil
 	}
 	return b, true, register(b)
@@ -433,13 +432,16 @@ func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man
 	// A base outlives reboots: its files must be on disk before an env
 	// relies on it after a crash (ext4 would otherwise leave empty files).
 	// That flush is left to after the Create (syncLater); until then the
-	// metadata names this boot, and it alone is fsynced now, so that after
-	// a crash the mark is there to say the rest may be torn. Without a
-	// boot id to name, the base is flushed here, as a whole.
+	// metadata names this boot. Nothing is flushed now, not even that
+	// mark (on XFS its fsync alone forces out the log of the whole image,
+	// a tenth of a first env): a crash can only leave it as written,
+	// empty or missing, and all three say the base may be torn (stackOf,
+	// registerExisting, baseID). Without a boot id to name, the base is
+	// flushed here, as a whole.
 	boot, berr := m.bootID()
 	if err == nil && berr == nil {
 		b.PendingBoot = boot
-		err = writeJSON(filepath.Join(tmp, "meta.json"), b, true)
+		err = writeJSON(filepath.Join(tmp, "meta.json"), b, false)
 	} else if err == nil {
 		b.PendingBoot = ""
 		err = writeJSON(filepath.Join(tmp, "meta.json"), b, false)
@@ -576,11 +578,8 @@ func (m *Manager) Ensure(ctx context.Context, id string) (*Workspace, error) {
 		return nil, err
 	}
 	if !mounted.Overlay(w.Path) {
-		b, err := m.readBase(w.Base)
+		b, err := m.stackOf(w)
 		if err != nil {
-			return nil, fmt.Errorf("workspace %q: base: %w", id, err)
-		}
-		if err := m.checkStack(w, b); err != nil {
 			return nil, err
 		}
 		if err := m.mountBase(b, true); err != nil {

@@ -155,13 +155,10 @@ func (m *Manager) changes(ctx context.Context, id string) ([]change, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := m.readBase(w.Base)
-	if err != nil {
-		return nil, fmt.Errorf("workspace %q: base: %w", id, err)
-	}
 	// The lower layers are read below: after a reboot, the image must be
 	// mounted first, and must not be one the crash may have torn.
-	if err := m.checkStack(w, b); err != nil {
+	b, err := m.stackOf(w)
+	if err != nil {
 		return nil, err
 	}
 	if err := m.mountBase(b, false); err != nil {

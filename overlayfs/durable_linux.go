@@ -15,8 +15,9 @@ import (
 
 // A base is written without waiting for the disk: the flush of a first
 // env's image (tens of MB copied into it) would cost Create more than
-// writing it did. Its metadata (fsynced, so it survives a crash) names the
-// boot that wrote it while it is not yet known durable; once a syncfs
+// writing it did. Its metadata names the boot that wrote it while it is
+// not yet known durable (metadata lost to a crash, or left empty, counts
+// as that mark); once a syncfs
 // after the Create has flushed it, the mark is taken off. A base still
 // marked from an earlier boot may have been torn by the crash that ended
 // that boot: it is never used again for a new env, and an env on it
@@ -55,29 +56,38 @@ func (m *Manager) torn(b *baseMeta) bool {
 	return err != nil || boot != b.PendingBoot
 }
 
-// checkStack returns ErrTornBase, with what to do about it, when any layer
-// of base b (which workspace w stands on) is torn.
-func (m *Manager) checkStack(w *wsMeta, b *baseMeta) error {
+// stackOf reads the base workspace w stands on. It returns ErrTornBase,
+// with what to do about it, when any layer of that base is torn, or has
+// metadata that cannot be read: a base's metadata is written without a
+// flush of its own, so a crash right after the Create can leave it empty
+// or missing, which means the same.
+func (m *Manager) stackOf(w *wsMeta) (*baseMeta, error) {
+	b, err := m.readBase(w.Base)
+	if err != nil {
+		return nil, m.tornErr(w, w.Base, fmt.Sprintf("cannot be read (%v)", err))
+	}
 	for _, id := range b.Layers {
 		l := b
 		if id != b.ID {
-			var err error
 			if l, err = m.readBase(id); err != nil {
-				return fmt.Errorf("workspace %q: base %s: %w", w.ID, id, err)
+				return nil, m.tornErr(w, id, fmt.Sprintf("cannot be read (%v)", err))
 			}
 		}
-		if !m.torn(l) {
-			continue
+		if m.torn(l) {
+			return nil, m.tornErr(w, id, fmt.Sprintf("was written in an earlier boot (%s)", l.PendingBoot))
 		}
-		keep := w.Upper
-		if w.Mode != ModeOverlay {
-			keep = w.Path
-		}
-		return fmt.Errorf("workspace %q: base %s was written in an earlier boot (%s) and the machine went down before it was known to be on disk: %w; "+
-			"the env's own changes are in %s (copy out what you need), then destroy the env (cilo destroy <env>) and create it again",
-			w.ID, l.ID, l.PendingBoot, ErrTornBase, keep)
 	}
-	return nil
+	return b, nil
+}
+
+func (m *Manager) tornErr(w *wsMeta, base, what string) error {
+	keep := w.Upper
+	if w.Mode != ModeOverlay {
+		keep = w.Path
+	}
+	return fmt.Errorf("workspace %q: base %s %s and the machine may have gone down before it was known to be on disk: %w; "+
+		"the env's own changes are in %s (copy out what you need), then destroy the env (cilo destroy <env>) and create it again",
+		w.ID, base, what, ErrTornBase, keep)
 }
 
 // markDurable flushes the filesystem of the root, then marks base id and
@@ -219,7 +229,8 @@ func (m *Manager) WaitDurable(ctx context.Context, id string) error {
 			return nil
 		}
 		if m.torn(b) {
-			return m.checkStack(w, b)
+			_, err := m.stackOf(w)
+			return err
 		}
 		select {
 		case <-ctx.Done():

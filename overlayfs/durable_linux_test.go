@@ -266,6 +266,43 @@ func TestTornBase(t *testing.T) {
 		noTempFiles(t, m)
 	})
 
+	// The mark itself is written without a flush: a crash can leave the
+	// base's metadata empty, which must mean the same as a torn mark.
+	t.Run("metadata_lost", func(t *testing.T) {
+		m := newTestManager(t, WithWatcher(nil))
+		src := gitSource(t)
+		if _, err := m.Create(ctx, "old", src, CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		old := mustBase(t, m, "old")
+		upper := mustWS(t, m, "old").Upper
+		simulateReboot(t, m, "old")
+		if err := os.WriteFile(filepath.Join(m.baseDir(old.ID), "meta.json"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range []struct {
+			name string
+			do   func() error
+		}{
+			{"Ensure", func() error { _, err := m.Ensure(ctx, "old"); return err }},
+			{"Diff", func() error { _, err := m.Diff(ctx, "old"); return err }},
+		} {
+			if err := op.do(); !errors.Is(err, ErrTornBase) || !strings.Contains(err.Error(), upper) {
+				t.Errorf("%s of an env whose base lost its metadata: %v, want ErrTornBase naming %s", op.name, err, upper)
+			}
+		}
+		nws, err := m.Create(ctx, "new", src, CreateOptions{})
+		if err != nil {
+			t.Fatalf("create beside a base without metadata: %v", err)
+		}
+		if nb := mustBase(t, m, "new"); nb.ID == old.ID || len(nws.Layers) != 1 {
+			t.Errorf("new env on base %s (layers %v), want a new full base beside %s", nb.ID, nws.Layers, old.ID)
+		}
+		if got := readString(t, filepath.Join(nws.Path, "main.go")); !strings.HasPrefix(got, "package main") {
+			t.Errorf("new env shows %q", got)
+		}
+	})
+
 	t.Run("thin_layer_remount_fails", func(t *testing.T) {
 		m := newTestManager(t, WithWatcher(nil))
 		src := gitSource(t)
