@@ -17,11 +17,12 @@
 // otherwise; where the image cannot be mounted, the base is such a
 // directory snapshot too.
 //
-// A new base is not flushed on Create's path: its metadata, fsynced, names
-// the boot that wrote it until the source's watcher (or a short detached
-// process) has flushed it with syncfs and marked it durable. A base still
-// so marked after a reboot may be torn: it is never used for a new env,
-// and an env on it cannot be mounted again ([ErrTornBase]).
+// A new base is not flushed on Create's path: its metadata names the boot
+// that wrote it until the source's watcher (or a short detached process)
+// has flushed it with syncfs and marked it durable. A base still so marked
+// after a reboot, or whose metadata the crash left unreadable, may be
+// torn: it is never used for a new env, and an env on it cannot be
+// mounted again ([ErrTornBase]).
 //
 // All data lives under the root given to [New]; a file lock under that root
 // makes a [Manager] safe to use from many processes at once.
