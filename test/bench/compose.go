@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -151,25 +152,35 @@ func podmanCompose(ctx context.Context, env *Env, root, project string, archives
 	if err := os.WriteFile(file, out, 0o644); err != nil {
 		return nil, nil, err
 	}
+	// Project names are new in every run: netavark names a network's
+	// firewall chains after the network, and a run killed halfway leaves
+	// chains behind that would make the next run's containers fail with
+	// "Chain already exists".
+	run := fmt.Sprintf("%04x", rand.Uint32()&0xffff)
 	for i := 0; i < n; i++ {
-		p := fmt.Sprintf("cilobench%d", i)
+		p := fmt.Sprintf("cilobench%s%d", run, i)
+		clean := func() {
+			exec.Command("podman-compose", "-f", file, "-p", p, "down").Run()
+			exec.Command("podman", "volume", "rm", "-f", p+"_kvdata").Run()
+			exec.Command("podman", "network", "rm", "-f", p+"_default").Run()
+		}
 		up, err := timeCmd(ctx, 1, "podman-compose", "-f", file, "-p", p, "up", "-d")
 		if err != nil {
-			exec.Command("podman-compose", "-f", file, "-p", p, "down").Run()
+			clean()
 			return nil, nil, err
 		}
 		// podman-compose exits 0 even when a container fails: check that
 		// the stack really runs (kv, api, web up; migrate done).
 		out, err := exec.CommandContext(ctx, "podman", "ps", "--filter", "label=io.podman.compose.project="+p, "--format", "{{.Names}}").Output()
 		if err != nil || strings.Count(string(out), "\n") < 3 {
-			exec.Command("podman-compose", "-f", file, "-p", p, "down").Run()
+			clean()
 			return nil, nil, fmt.Errorf("podman-compose up left %q running (want kv, api, web): %v", out, err)
 		}
 		down, err := timeCmd(ctx, 1, "podman-compose", "-f", file, "-p", p, "down")
+		clean()
 		if err != nil {
 			return nil, nil, err
 		}
-		exec.Command("podman", "volume", "rm", "-f", p+"_kvdata").Run()
 		ups, downs = append(ups, up[0]), append(downs, down[0])
 		env.Logf("podman-compose round %d: up %s, down %s", i, up[0], down[0])
 	}
