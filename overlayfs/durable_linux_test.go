@@ -30,6 +30,23 @@ func setPending(t *testing.T, m *Manager, id, boot string) {
 	}
 }
 
+// createBeside creates env "new" of src, whose base old may be torn: it
+// must get a new full base of the same state beside old, showing src.
+func createBeside(t *testing.T, m *Manager, src string, old *baseMeta) {
+	t.Helper()
+	ws, err := m.Create(context.Background(), "new", src, CreateOptions{})
+	if err != nil {
+		t.Fatalf("create beside base %s: %v", old.ID, err)
+	}
+	nb := mustBase(t, m, "new")
+	if nb.ID == old.ID || len(ws.Layers) != 1 || nb.Key != old.Key {
+		t.Errorf("new env on base %s (layers %v), want a new full base of the same state beside %s", nb.ID, ws.Layers, old.ID)
+	}
+	if got := readString(t, filepath.Join(ws.Path, "main.go")); !strings.HasPrefix(got, "package main") {
+		t.Errorf("new env shows %q", got)
+	}
+}
+
 func mustBase(t *testing.T, m *Manager, wsID string) *baseMeta {
 	t.Helper()
 	b, err := m.readBase(mustWS(t, m, wsID).Base)
@@ -187,18 +204,7 @@ func TestTornBase(t *testing.T) {
 			if watch {
 				waitWatcher(t, m, src, nil) // it vouches for the torn base
 			}
-			ws, err := m.Create(ctx, "new", src, CreateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			nb := mustBase(t, m, "new")
-			if nb.ID == old.ID || len(ws.Layers) != 1 || nb.Key != old.Key {
-				t.Errorf("watch=%v: new env on base %s (layers %v), want a new full base of the same state beside torn %s",
-					watch, nb.ID, ws.Layers, old.ID)
-			}
-			if got := readString(t, filepath.Join(ws.Path, "main.go")); !strings.HasPrefix(got, "package main") {
-				t.Errorf("new env shows %q", got)
-			}
+			createBeside(t, m, src, old)
 			// The torn base stays for its env until that is removed.
 			if err := m.Remove(ctx, "old"); err != nil {
 				t.Fatal(err)
@@ -291,16 +297,7 @@ func TestTornBase(t *testing.T) {
 				t.Errorf("%s of an env whose base lost its metadata: %v, want ErrTornBase naming %s", op.name, err, upper)
 			}
 		}
-		nws, err := m.Create(ctx, "new", src, CreateOptions{})
-		if err != nil {
-			t.Fatalf("create beside a base without metadata: %v", err)
-		}
-		if nb := mustBase(t, m, "new"); nb.ID == old.ID || len(nws.Layers) != 1 {
-			t.Errorf("new env on base %s (layers %v), want a new full base beside %s", nb.ID, nws.Layers, old.ID)
-		}
-		if got := readString(t, filepath.Join(nws.Path, "main.go")); !strings.HasPrefix(got, "package main") {
-			t.Errorf("new env shows %q", got)
-		}
+		createBeside(t, m, src, old)
 	})
 
 	t.Run("thin_layer_remount_fails", func(t *testing.T) {
