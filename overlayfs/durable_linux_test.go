@@ -3,6 +3,7 @@ package overlayfs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -187,8 +188,8 @@ func TestTornBase(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
 
-	t.Run("not_reused", func(t *testing.T) {
-		for _, watch := range []bool{false, true} {
+	for _, watch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("not_reused/watcher=%v", watch), func(t *testing.T) {
 			var opts []Opt
 			if !watch {
 				opts = append(opts, WithWatcher(nil))
@@ -212,8 +213,8 @@ func TestTornBase(t *testing.T) {
 			if _, err := os.Stat(m.baseDir(old.ID)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("torn base left after its env went: %v", err)
 			}
-		}
-	})
+		})
+	}
 
 	t.Run("not_a_parent", func(t *testing.T) {
 		m := newTestManager(t, WithWatcher(nil))
