@@ -1,12 +1,12 @@
 // Command cilo is the front of cilo's programs. A run in an env that is
 // already up, `cilo run <command> <env> [args...]` or `cilo run -e <env> --
-// <command> [args...]`, it does itself, in about 1.5 times what `ip netns
+// <command> [args...]`, it does itself, in about 1.4 times what `ip netns
 // exec` takes: it links only the config, the state records and system
 // calls, and no YAML parser (config files are read as cilo-core decoded
-// them, package parsed). Every other command, and every run that needs more (creating the
-// env, starting its compose services, putting back what a reboot took,
-// --rm, flags), it hands to cilo-core unchanged, which gives the same
-// result the long way.
+// them, package parsed). Every other command, and every run that needs
+// more (creating the env, starting its compose services, putting back
+// what a reboot took, --rm, flags), it hands to cilo-core unchanged, which
+// gives the same result the long way.
 package main
 
 import (
