@@ -51,6 +51,10 @@ func (m *Manager) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 		add(f)
 	}
 
+	if len(st.Envs) > 0 && m.dns != nil {
+		add(m.checkDNS(ctx, fix))
+	}
+
 	envs := make([]*state.Env, 0, len(st.Envs))
 	for _, e := range st.Envs {
 		envs = append(envs, e)
@@ -76,6 +80,22 @@ func (m *Manager) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 		add(Finding{Check: "orphans", OK: true, Detail: "no namespace or interface without an env"})
 	}
 	return out, nil
+}
+
+// checkDNS finds a DNS server that is down: envs keep working, but their
+// names stop resolving. The fix starts it, as create would.
+func (m *Manager) checkDNS(ctx context.Context, fix bool) Finding {
+	f := Finding{Check: "dns server"}
+	detail, err := m.dns.Health(ctx)
+	if err == nil {
+		f.OK, f.Detail = true, detail
+		return f
+	}
+	f.Detail = fmt.Sprintf("%v: env names do not resolve (cilo doctor --fix or cilo create starts it)", err)
+	if fix {
+		f.Fixed = m.dns.EnsureRunning(ctx) == nil
+	}
+	return f
 }
 
 // checkClaims finds pool indexes still claimed by an env that a crash

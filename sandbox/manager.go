@@ -61,6 +61,9 @@ type DNS interface {
 	// EnsureRunning starts the server in the background if it is not
 	// running.
 	EnsureRunning(ctx context.Context) error
+	// Health says whether the server runs and answers (for doctor): a
+	// description when it does, an error saying what is wrong otherwise.
+	Health(ctx context.Context) (string, error)
 }
 
 // Manager runs the lifecycle of environments.

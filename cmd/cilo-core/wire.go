@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -35,17 +36,30 @@ func (a *app) manager() (*sandbox.Manager, error) {
 		sandbox.WithLogf(logf),
 		sandbox.WithWorkspaces(ws),
 		sandbox.WithServices(composeServices(a, logf)),
-		sandbox.WithDNS(dnsBackend{dns.NewLauncher(dnsConfig(a.cfg), exe), a.cfg.DNSSuffix}),
+		sandbox.WithDNS(dnsBackend{dns.NewLauncher(dnsConfig(a.cfg), exe), dnsConfig(a.cfg)}),
 	)
 }
 
 // dnsBackend is the DNS server as the lifecycle needs it.
 type dnsBackend struct {
 	*dns.Launcher
-	suffix string
+	cfg dns.Config
 }
 
-func (d dnsBackend) ResolvConf(env *state.Env) []byte { return dns.ResolvConf(env, d.suffix) }
+func (d dnsBackend) ResolvConf(env *state.Env) []byte { return dns.ResolvConf(env, d.cfg.Suffix) }
+
+func (d dnsBackend) Health(ctx context.Context) (string, error) {
+	st, err := dns.GetStatus(ctx, d.cfg)
+	switch {
+	case err != nil:
+		return "", err
+	case !st.Running:
+		return "", fmt.Errorf("not running on %s", st.Addr)
+	case !st.Healthy:
+		return "", fmt.Errorf("pid %d does not answer on %s: %s", st.PID, st.Addr, st.Error)
+	}
+	return fmt.Sprintf("pid %d answers on %s", st.PID, st.Addr), nil
+}
 
 // envNameArg splits an env named on the command line ("env" in the current
 // project, or "project/env") without requiring that it exists.

@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cilo-dev/cilo/nsnet/nsfs"
 )
@@ -63,5 +65,35 @@ func TestDoctorFixesInterruptedCreateAndOrphans(t *testing.T) {
 	// The healthy env still works.
 	if out := w.mustCilo("run", "-e", "healthy", "--", "echo", "ok"); strings.TrimSpace(out) != "ok" {
 		t.Fatalf("healthy env after fix: %q", out)
+	}
+}
+
+// TestDoctorFindsDNSServerDown: with envs alive, a DNS server that is
+// gone is a finding (their names no longer resolve), and --fix starts it.
+func TestDoctorFindsDNSServerDown(t *testing.T) {
+	w := newWorld(t, 24)
+	w.mustCilo("create", "a")
+	if out := w.mustCilo("doctor"); !strings.Contains(out, "dns server") || !strings.Contains(out, "answers on") {
+		t.Fatalf("doctor with the DNS server up:\n%s", out)
+	}
+
+	pid := w.dnsPID()
+	if pid <= 1 {
+		t.Fatal("create started no DNS server (no pidfile)")
+	}
+	w.stopDNS()
+	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("DNS server %d still running", pid)
+		}
+	}
+
+	out, err := w.cilo(context.Background(), "", "doctor")
+	if exitCode(err) != 1 || !strings.Contains(out, "not running") || !strings.Contains(out, "names do not resolve") {
+		t.Fatalf("doctor with the DNS server down: exit %d\n%s", exitCode(err), out)
+	}
+	w.mustCilo("doctor", "--fix")
+	if out := w.mustCilo("doctor"); !strings.Contains(out, "answers on") {
+		t.Fatalf("doctor after --fix:\n%s", out)
 	}
 }

@@ -142,13 +142,19 @@ func (w *world) cleanup() {
 
 // stopDNS ends the world's DNS server, if create started one.
 func (w *world) stopDNS() {
-	b, err := os.ReadFile(filepath.Join(w.root, "run", "dns.pid"))
-	if err != nil {
-		return
-	}
-	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+	if pid := w.dnsPID(); pid > 1 {
 		syscall.Kill(pid, syscall.SIGTERM)
 	}
+}
+
+// dnsPID is the pid in the world's DNS pidfile, 0 without one.
+func (w *world) dnsPID() int {
+	b, err := os.ReadFile(filepath.Join(w.root, "run", "dns.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
 }
 
 // assertNothingLeft checks that no namespace, interface or workspace
