@@ -61,6 +61,9 @@ type DNS interface {
 	// EnsureRunning starts the server in the background if it is not
 	// running.
 	EnsureRunning(ctx context.Context) error
+	// WaitServed returns once the running server answers for env as it
+	// is recorded now, or with an error when ctx is done first.
+	WaitServed(ctx context.Context, env *state.Env) error
 	// Health says whether the server runs and answers (for doctor): a
 	// description when it does, an error saying what is wrong otherwise.
 	Health(ctx context.Context) (string, error)
@@ -203,7 +206,7 @@ func (m *Manager) Create(ctx context.Context, p *config.Project, name string) (*
 		}
 		return nil, err
 	}
-	m.ensureDNS(ctx)
+	m.ensureDNS(ctx, env)
 	return env, nil
 }
 
@@ -238,14 +241,26 @@ func (m *Manager) CreateAll(ctx context.Context, p *config.Project, names []stri
 	return nil
 }
 
-// ensureDNS starts the DNS server if it is not running. An env without
-// names still works, so a failure is a warning, not an error.
-func (m *Manager) ensureDNS(ctx context.Context) {
+// servedWait bounds how long a command waits for the DNS server to serve
+// what it just recorded: normally a reload, at most 20 ms behind.
+const servedWait = time.Second
+
+// ensureDNS starts the DNS server if it is not running and waits until it
+// serves env as recorded, so that a command started right after this one
+// finds its names. An env without names still works, so a failure is a
+// warning, not an error.
+func (m *Manager) ensureDNS(ctx context.Context, env *state.Env) {
 	if m.dns == nil {
 		return
 	}
 	if err := m.dns.EnsureRunning(ctx); err != nil {
 		m.logf("warning: DNS server not running, env names will not resolve: %v", err)
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, servedWait)
+	defer cancel()
+	if err := m.dns.WaitServed(wctx, env); err != nil {
+		m.logf("warning: %v: env names may take a moment to resolve", err)
 	}
 }
 
@@ -401,7 +416,7 @@ func (m *Manager) restore(ctx context.Context, env *state.Env) error {
 		if err := m.net.Create(ctx, l, m.label(env)); err != nil {
 			return fmt.Errorf("restore network of env %q: %w", env.Name, err)
 		}
-		m.ensureDNS(ctx) // a reboot took the DNS server too
+		m.ensureDNS(ctx, env) // a reboot took the DNS server too
 	}
 	if _, err := m.ws.Ensure(ctx, m.workspaceID(env.Project, env.Name)); err != nil {
 		return fmt.Errorf("mount workspace of env %q: %w", env.Name, err)
@@ -427,7 +442,11 @@ func (m *Manager) setServices(ctx context.Context, env *state.Env, services []st
 	if err != nil {
 		return nil, err
 	}
-	return out, m.writeRunFiles(out)
+	if err := m.writeRunFiles(out); err != nil {
+		return out, err
+	}
+	m.ensureDNS(ctx, out) // the services' names, before the caller goes on
+	return out, nil
 }
 
 func sameService(a, b state.Service) bool {

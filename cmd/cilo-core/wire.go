@@ -48,6 +48,10 @@ type dnsBackend struct {
 
 func (d dnsBackend) ResolvConf(env *state.Env) []byte { return dns.ResolvConf(env, d.cfg.Suffix) }
 
+func (d dnsBackend) WaitServed(ctx context.Context, env *state.Env) error {
+	return dns.WaitServed(ctx, d.cfg.Addr, d.cfg.Suffix, env)
+}
+
 func (d dnsBackend) Health(ctx context.Context) (string, error) {
 	st, err := dns.GetStatus(ctx, d.cfg)
 	switch {
