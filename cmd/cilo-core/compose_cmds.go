@@ -16,7 +16,18 @@ import (
 
 	"github.com/cilo-dev/cilo/compose"
 	"github.com/cilo-dev/cilo/compose/supervise"
+	"github.com/cilo-dev/cilo/sandbox/state"
 )
+
+// envEngine resolves the env named by arg and opens the compose engine
+// for it; the caller closes the engine.
+func (a *app) envEngine(cmd *cobra.Command, arg string) (*state.Env, *compose.Engine, error) {
+	env, err := a.envFromArg(cmd, arg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return env, a.composeEngine(), nil
+}
 
 // composeEngine is the compose backend for the resolved config; it
 // connects to containerd only when used. Its restart supervisor is this
@@ -90,16 +101,17 @@ func logsCmd(a *app) *cobra.Command {
 		Short: "Print the logs of an env's compose services",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := a.envFromArg(cmd, args[0])
+			env, e, err := a.envEngine(cmd, args[0])
 			if err != nil {
 				return err
 			}
+			defer e.Close()
 			if len(args) == 2 {
 				o.Service = args[1]
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return a.composeEngine().Logs(ctx, env, o, a.stdout)
+			return e.Logs(ctx, env, o, a.stdout)
 		},
 	}
 	cmd.Flags().BoolVarP(&o.Follow, "follow", "f", false, "keep printing new output")
@@ -115,11 +127,10 @@ func execCmd(a *app) *cobra.Command {
 		Short: "Run a command in a running compose service of an env (a shell by default)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := a.envFromArg(cmd, args[0])
+			env, e, err := a.envEngine(cmd, args[0])
 			if err != nil {
 				return err
 			}
-			e := a.composeEngine()
 			defer e.Close()
 			code, err := e.Exec(cmd.Context(), env, compose.ExecOptions{
 				Service: args[1], Replica: index, Args: args[2:], TTY: !noTTY && isTerminal(os.Stdin) && isTerminal(os.Stdout),
@@ -141,11 +152,10 @@ func psCmd(a *app) *cobra.Command {
 		Short: "List the compose containers of an env",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			env, err := a.envFromArg(cmd, args[0])
+			env, e, err := a.envEngine(cmd, args[0])
 			if err != nil {
 				return err
 			}
-			e := a.composeEngine()
 			defer e.Close()
 			cs, err := e.Ps(cmd.Context(), env)
 			if err != nil {

@@ -61,7 +61,7 @@ func TestWriteFails(t *testing.T) {
 		}, context.Canceled, ""},
 		{"disk_full", func(t *testing.T, src string) (context.Context, string, []Entry) {
 			if os.Geteuid() != 0 {
-				t.Skip("needs root: mounts a small filesystem")
+				t.Skip("needs root (CAP_SYS_ADMIN) to mount a small filesystem; CI runs as root")
 			}
 			dir := t.TempDir()
 			mnt := filepath.Join(dir, "mnt")

@@ -45,24 +45,23 @@ func (s *Store) Rereader() *Rereader {
 // Read returns every env, as [Store.Read] does.
 func (r *Rereader) Read(ctx context.Context) (*State, error) {
 	dir := r.store.EnvsDir()
-	ents, err := os.ReadDir(dir)
+	d, err := os.Open(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read state: %w", err)
 	}
-	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
 	if err != nil {
-		return nil, fmt.Errorf("read state: open %s: %w", dir, err)
+		return nil, fmt.Errorf("read state: %w", err)
 	}
-	defer unix.Close(dfd)
-	st := &State{Envs: make(map[string]*Env, len(ents))}
-	seen := make(map[string]seenRecord, len(ents))
-	for _, de := range ents {
-		name := de.Name()
+	st := &State{Envs: make(map[string]*Env, len(names))}
+	seen := make(map[string]seenRecord, len(names))
+	for _, name := range names {
 		if !IsRecord(name) {
 			continue
 		}
 		var fst unix.Stat_t
-		if err := unix.Fstatat(dfd, name, &fst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := unix.Fstatat(int(d.Fd()), name, &fst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue // destroyed since the listing
 			}

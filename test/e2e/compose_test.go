@@ -32,7 +32,7 @@ func composeWorld(t *testing.T) *world {
 		// restart supervisor exits by itself then, unless a test failed
 		// halfway.
 		w.cleanup()
-		w.stopSupervisor()
+		w.stopRun(supervisorPIDFile)
 		exec.Command("sh", "-c", "ctr -n "+ns+" images ls -q | xargs -r ctr -n "+ns+" images rm; ctr -n "+ns+" content ls -q | xargs -r ctr -n "+ns+" content rm; ctr namespaces rm "+ns).Run()
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

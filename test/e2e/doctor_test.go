@@ -77,11 +77,11 @@ func TestDoctorFindsDNSServerDown(t *testing.T) {
 		t.Fatalf("doctor with the DNS server up:\n%s", out)
 	}
 
-	pid := w.dnsPID()
+	pid := w.runPID(dnsPIDFile)
 	if pid <= 1 {
 		t.Fatal("create started no DNS server (no pidfile)")
 	}
-	w.stopDNS()
+	w.stopRun(dnsPIDFile)
 	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("DNS server %d still running", pid)

@@ -136,25 +136,31 @@ func (w *world) cleanup() {
 	if n, err := nsnet.New(w.prefix, w.pool); err == nil {
 		n.TeardownHost(ctx)
 	}
-	w.stopDNS()
+	w.stopRun(dnsPIDFile)
 	w.assertNothingLeft()
 }
 
-// stopDNS ends the world's DNS server, if create started one.
-func (w *world) stopDNS() {
-	if pid := w.dnsPID(); pid > 1 {
-		syscall.Kill(pid, syscall.SIGTERM)
-	}
-}
+// Pid files of the world's background programs, in its run dir.
+const (
+	dnsPIDFile        = "dns.pid"       // the DNS server create starts
+	supervisorPIDFile = "supervise.pid" // the restart supervisor up starts (gone when it exits)
+)
 
-// dnsPID is the pid in the world's DNS pidfile, 0 without one.
-func (w *world) dnsPID() int {
-	b, err := os.ReadFile(filepath.Join(w.root, "run", "dns.pid"))
+// runPID is the pid in the world's run-dir pid file name, 0 without one.
+func (w *world) runPID(name string) int {
+	b, err := os.ReadFile(filepath.Join(w.root, "run", name))
 	if err != nil {
 		return 0
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	return pid
+}
+
+// stopRun ends the process of the world's pid file name, if one runs.
+func (w *world) stopRun(name string) {
+	if pid := w.runPID(name); pid > 1 {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
 }
 
 // assertNothingLeft checks that no namespace, interface or workspace

@@ -18,7 +18,7 @@ func TestRunRestoresEnvAfterReboot(t *testing.T) {
 	w.mustCilo("run", "-e", "boot", "--", "sh", "-c", "echo kept > survived.txt")
 	before := w.status("boot")
 
-	w.stopDNS()
+	w.stopRun(dnsPIDFile)
 	must(t, syscall.Unmount(before.Workspace, syscall.MNT_DETACH))
 	must(t, nsfs.Delete(before.Netns))
 	br, err := netlink.LinkByName(w.prefix + "b0")

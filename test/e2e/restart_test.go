@@ -5,9 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -59,25 +57,6 @@ func (w *world) ps(env string) map[string]psJSON {
 	return out
 }
 
-// supervisorPID is the pid of the world's restart supervisor, 0 when none
-// runs (it removes its pid file when it exits).
-func (w *world) supervisorPID() int {
-	b, err := os.ReadFile(filepath.Join(w.root, "run", "supervise.pid"))
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid
-}
-
-// stopSupervisor ends the world's restart supervisor, if cilo up started
-// one and it did not exit by itself.
-func (w *world) stopSupervisor() {
-	if pid := w.supervisorPID(); pid > 1 {
-		syscall.Kill(pid, syscall.SIGTERM)
-	}
-}
-
 // TestRestartPoliciesAfterCLIExited brings services up with `cilo up`,
 // whose process is gone when the services start crashing, and expects
 // each to be restarted exactly as its policy says; `cilo down` in the
@@ -87,7 +66,7 @@ func TestRestartPoliciesAfterCLIExited(t *testing.T) {
 	w := composeWorld(t)
 	must(t, os.WriteFile(filepath.Join(w.project, "compose.yaml"), []byte(policies), 0o644))
 	w.mustCilo("up", "pol")
-	if w.supervisorPID() == 0 {
+	if w.runPID(supervisorPIDFile) == 0 {
 		t.Fatal("cilo up of services with restart policies started no supervisor")
 	}
 
@@ -131,7 +110,7 @@ func TestRestartPoliciesAfterCLIExited(t *testing.T) {
 			t.Fatalf("%s a second after cilo down: %q %v", what, out, err)
 		}
 	}
-	for i := 0; w.supervisorPID() != 0; i++ {
+	for i := 0; w.runPID(supervisorPIDFile) != 0; i++ {
 		if i > 100 {
 			t.Fatalf("supervisor still runs 10 s after the last service went down\n%s", w.supervisorLog())
 		}
