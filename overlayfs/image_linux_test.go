@@ -27,7 +27,8 @@ func imageTree(t *testing.T, dir string) {
 	t.Helper()
 	richTree(t, dir)
 	for _, n := range []int{0, 1, 100, 4031, 4032, 4033, 4095, 4096, 4097, 8191, 8192, 12345,
-		erofs.DefaultCloneMin - 1, erofs.DefaultCloneMin, erofs.DefaultCloneMin + 1, 300 << 10, 1<<20 + 3} {
+		erofs.DefaultCloneMin - 1, erofs.DefaultCloneMin, erofs.DefaultCloneMin + 1, erofs.DefaultCloneMin + 4090,
+		300 << 10, 1<<20 + 3} {
 		data := make([]byte, n)
 		for i := range data {
 			data[i] = byte(i*31 + n)
@@ -78,6 +79,10 @@ func imageTree(t *testing.T, dir string) {
 		}
 	}
 	if err := os.Link(filepath.Join(dir, "README.md"), filepath.Join(dir, "sorting/third name")); err != nil {
+		t.Fatal(err)
+	}
+	// A second name of a file whose blocks are cloned.
+	if err := os.Link(filepath.Join(dir, "sizes/1048579.bin"), filepath.Join(dir, "sorting/big twice")); err != nil {
 		t.Fatal(err)
 	}
 	ns := time.Date(2021, 5, 6, 7, 8, 9, 123456789, time.UTC)

@@ -157,12 +157,13 @@ func (h *inodeHeader) encode(out []byte) {
 
 // superBlock is the fields of the on-disk super block this package sets.
 type superBlock struct {
-	rootNid   uint16
-	inodes    uint64
-	buildTime int64
-	buildNsec uint32
-	blocks    uint32
-	uuid      [16]byte
+	rootNid     uint16
+	metaBlkaddr uint32 // where nids count from: the first block of metadata
+	inodes      uint64
+	buildTime   int64
+	buildNsec   uint32
+	blocks      uint32
+	uuid        [16]byte
 }
 
 func (s *superBlock) encode(out []byte) {
@@ -176,8 +177,8 @@ func (s *superBlock) encode(out []byte) {
 	le.PutUint64(out[24:], uint64(s.buildTime))
 	le.PutUint32(out[32:], s.buildNsec)
 	le.PutUint32(out[36:], s.blocks)
-	// meta_blkaddr (40) is 0: nids count from the start of the image, the
-	// first inode right after the super block. xattr_blkaddr (44) unused.
+	le.PutUint32(out[40:], s.metaBlkaddr)
+	// xattr_blkaddr (44) unused.
 	copy(out[48:64], s.uuid[:])
 	// volume name, feature_incompat and the rest stay zero.
 }

@@ -42,6 +42,10 @@ type Options struct {
 // costs a read that overlaps with others and about 10 µs of the flush that
 // makes the base durable (2.5 ms per MB here). 4, 8 and 16 KiB gave the
 // same first env within noise; 16 KiB makes the fewest clones.
+//
+// Being the slowest part of an image, the clones start first: their data
+// sits at the front of the image, right after the super block, so its
+// place is known before the metadata is laid out (see Write).
 const DefaultCloneMin = 16 << 10
 
 // Stats says what Write did.
@@ -72,27 +76,56 @@ type inode struct {
 	hdr      inodeHeader
 	inline   int   // tail bytes kept after the inode
 	nblocks  int64 // whole blocks in the data area
-	off      int64 // byte offset of the inode (nid * 32)
+	off      int64 // byte offset of the inode in the image
 	how      int
-	target   string // symlinks
+	clone    *cloneJob // how == dataClone
+	target   string    // symlinks
 	children []dirent
 	kids     []*inode // children[i] names kids[i]
 	starts   []int    // directory block starts (planDir)
 }
 
-func (n *inode) nid() uint64 { return uint64(n.off / slotSize) }
+// cloneJob is a file whose whole blocks go to the front of the image, by
+// clone where the filesystem can (copied otherwise). It is laid out and
+// started before the metadata, so it keeps what it reads of the inline
+// tail until the inode has its place.
+type cloneJob struct {
+	e      *Entry
+	blk    uint32 // first data block
+	inline int
+	tail   []byte
+}
+
+// dataBlocks splits a file of size bytes into whole data blocks and the
+// tail kept inline after its inode; a tail too long to share the inode's
+// block gets a block of its own.
+func dataBlocks(size int64) (nblocks int64, inline int) {
+	nblocks = size / blockSize
+	switch tail := int(size % blockSize); {
+	case tail > maxInline:
+		nblocks++
+	case tail > 0:
+		inline = tail
+	}
+	return nblocks, inline
+}
 
 // Write writes an image of the tree at root, whose paths are entries
 // (parents before their children, the root first), to a new file at path.
 // Regular files are read from root; symlink targets are read again. On
 // any error the file is removed. The caller makes the image durable
 // (fsync or syncfs) when it needs to be.
+//
+// The image is the super block, the data of the files to clone, then the
+// metadata (the inodes with their inline tails), the small files' data
+// and the large files copied in place. The clones run while the rest is
+// planned and read.
 func Write(ctx context.Context, path, root string, entries []Entry, o Options) (st Stats, err error) {
 	if o.CloneMin <= 0 {
 		o.CloneMin = DefaultCloneMin
 	}
 	w := &writer{root: root, opts: o}
-	if err := w.plan(entries); err != nil {
+	if err := w.planClones(entries); err != nil {
 		return Stats{}, err
 	}
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
@@ -108,14 +141,42 @@ func Write(ctx context.Context, path, root string, entries []Entry, o Options) (
 		}
 	}()
 	w.out = fd
-	if err := w.fill(ctx); err != nil {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cloned := w.startClones(ctx, cancel)
+	err = w.plan(entries)
+	if err == nil {
+		// Sized before the rest is written: growing it past data not yet
+		// on disk would make XFS write that data out and wait for it.
+		if err = unix.Ftruncate(fd, w.size); err != nil {
+			err = fmt.Errorf("size %s: %w", path, err)
+		}
+	}
+	if err == nil {
+		err = w.fill(ctx)
+	}
+	if err != nil {
+		cancel()
+	}
+	// A clone's own failure cancelled the rest: it is the one to report.
+	if cerr := cloned(); cerr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		err = cerr
+	}
+	if err != nil {
 		return Stats{}, err
 	}
-	if err := writeFull(fd, w.mem, 0); err != nil {
+	for _, n := range w.inodes {
+		if n.clone != nil {
+			copy(w.mem[n.off+inodeSize-w.memBase:], n.clone.tail)
+		}
+	}
+	var sb [superSize]byte
+	w.super.encode(sb[:])
+	if err := writeFull(fd, sb[:], superOffset); err != nil {
 		return Stats{}, fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := unix.Ftruncate(fd, w.size); err != nil {
-		return Stats{}, fmt.Errorf("size %s: %w", path, err)
+	if err := writeFull(fd, w.mem, w.memBase); err != nil {
+		return Stats{}, fmt.Errorf("write %s: %w", path, err)
 	}
 	st = Stats{Inodes: len(w.inodes), Cloned: int(w.cloned.Load()), CopiedBytes: w.copied.Load(), Size: w.size}
 	st.Reflinked = st.Cloned > 0 && w.cloneFailed.Load() == 0
@@ -123,14 +184,18 @@ func Write(ctx context.Context, path, root string, entries []Entry, o Options) (
 }
 
 type writer struct {
-	root   string
-	opts   Options
-	inodes []*inode     // in entry order: the root first
-	clones []*inode     // regular files whose whole blocks are to be cloned
-	groups []*fileGroup // the other regular files with data, by directory
-	mem    []byte       // the image's first memEnd bytes: metadata, then small data
-	size   int64
-	out    int
+	root    string
+	opts    Options
+	inodes  []*inode     // in entry order: the root first
+	clones  []*cloneJob  // in entry order, their data from block 1 on
+	groups  []*fileGroup // the other regular files with data, by directory
+	super   superBlock
+	memBase int64  // where the metadata starts: a block boundary after the clones' data
+	mem     []byte // the image from memBase to the end of the small files' data
+	size    int64
+	out     int
+
+	nextClone atomic.Int64 // the next job of clones to take
 
 	reflink     atomic.Int32 // 0 untried, 1 works, -1 unavailable
 	cloned      atomic.Int64
@@ -138,13 +203,38 @@ type writer struct {
 	copied      atomic.Int64
 }
 
-// plan lays the image out: every inode's place, layout and data blocks,
-// and the directories' contents. Nothing is read from the source yet.
-func (w *writer) plan(entries []Entry) error {
+// planClones places the data of the files to clone at the front of the
+// image, in entry order: whole blocks from block 1 on, the super block's
+// being block 0. The metadata starts after them.
+func (w *writer) planClones(entries []Entry) error {
 	if len(entries) == 0 || entries[0].Path != "" || entries[0].Mode&modeType != modeDir {
 		return fmt.Errorf("image: the first entry must be the root directory: %w", ErrFormat)
 	}
+	blk := int64(1)
+	if w.opts.Reflink {
+		for i := range entries {
+			e := &entries[i]
+			if e.Link != "" || e.Mode&modeType != modeRegular || e.Size < w.opts.CloneMin {
+				continue
+			}
+			nblocks, inline := dataBlocks(e.Size)
+			if blk+nblocks > 1<<32-1 {
+				return fmt.Errorf("%s: data past the 32-bit block addresses: %w", e.Path, ErrFormat)
+			}
+			w.clones = append(w.clones, &cloneJob{e: e, blk: uint32(blk), inline: inline})
+			blk += nblocks
+		}
+	}
+	w.memBase = blk * blockSize
+	return nil
+}
+
+// plan lays the rest of the image out: every inode's place, layout and
+// data blocks, and the directories' contents. Nothing is read from the
+// source yet.
+func (w *writer) plan(entries []Entry) error {
 	byPath := make(map[string]*inode, len(entries))
+	jobs := w.clones
 	for i := range entries {
 		e := &entries[i]
 		if e.Link != "" {
@@ -161,6 +251,10 @@ func (w *writer) plan(entries []Entry) error {
 		n := &inode{e: e}
 		n.hdr = inodeHeader{mode: e.Mode, uid: e.UID, gid: e.GID, mtime: e.MtimeSec, nsec: e.MtimeNsec,
 			nlink: 1, ino: uint32(len(w.inodes) + 1)}
+		if len(jobs) > 0 && jobs[0].e == e {
+			n.how, n.clone, n.hdr.blkaddr = dataClone, jobs[0], jobs[0].blk
+			jobs = jobs[1:]
+		}
 		switch e.Mode & modeType {
 		case modeDir:
 			n.hdr.nlink = 2
@@ -216,18 +310,14 @@ func (w *writer) plan(entries []Entry) error {
 		}
 		n.starts, n.hdr.size = planDir(names)
 	}
-	// Inodes with their inline tails, then the in-memory data, then the
-	// data copied or cloned in place.
-	pos := int64(superOffset + superSize)
+	// After the clones' data: the inodes with their inline tails, then
+	// the in-memory data, then the data copied in place.
+	pos := w.memBase
 	for _, n := range w.inodes {
-		tail := int(n.hdr.size % blockSize)
-		n.nblocks = n.hdr.size / blockSize
+		n.nblocks, n.inline = dataBlocks(n.hdr.size)
 		n.hdr.layout = flatPlain
-		if tail > 0 && tail <= maxInline {
+		if n.inline > 0 {
 			n.hdr.layout = flatInline
-			n.inline = tail
-		} else if tail > 0 {
-			n.nblocks++
 		}
 		pos = (pos + slotSize - 1) &^ (slotSize - 1)
 		if need := int64(inodeSize + n.inline); pos%blockSize+need > blockSize {
@@ -242,14 +332,12 @@ func (w *writer) plan(entries []Entry) error {
 		blk += n.nblocks
 	}
 	for _, n := range w.inodes {
-		if n.nblocks == 0 {
+		if n.nblocks == 0 || n.how == dataClone {
 			continue
 		}
 		switch {
 		case n.e.Mode&modeType != modeRegular:
 			n.how = dataMem
-		case w.opts.Reflink && n.hdr.size >= w.opts.CloneMin:
-			n.how = dataClone
 		case n.nblocks*blockSize <= memZoneMax:
 			n.how = dataMem
 		default:
@@ -261,25 +349,21 @@ func (w *writer) plan(entries []Entry) error {
 	}
 	memEnd := blk * blockSize
 	for _, n := range w.inodes {
-		if n.how == dataClone || n.how == dataStream {
+		if n.how == dataStream {
 			place(n)
 		}
 	}
 	if blk > 1<<32-1 {
 		return fmt.Errorf("image of %d blocks: over the 32-bit block addresses: %w", blk, ErrFormat)
 	}
-	if root.off/slotSize > 1<<16-1 {
-		return fmt.Errorf("root nid %d: %w", root.off/slotSize, ErrFormat)
+	if w.nid(root) > 1<<16-1 {
+		return fmt.Errorf("root nid %d: %w", w.nid(root), ErrFormat)
 	}
 	w.size = blk * blockSize
-	w.mem = make([]byte, memEnd)
+	w.mem = make([]byte, memEnd-w.memBase)
 	byDir := map[string]*fileGroup{}
 	for _, n := range w.inodes {
-		if n.e.Mode&modeType != modeRegular || n.hdr.size == 0 {
-			continue
-		}
-		if n.how == dataClone {
-			w.clones = append(w.clones, n)
+		if n.e.Mode&modeType != modeRegular || n.hdr.size == 0 || n.how == dataClone {
 			continue
 		}
 		dir := parentOf(n.e.Path)
@@ -357,23 +441,24 @@ func parentOf(path string) string {
 	return ""
 }
 
-// fill writes the metadata into memory and every file's data: into memory
-// or, for cloned and large files, into the image file in place.
+// nid is n's inode number in the image: its 32-byte slot counted from
+// the start of the metadata.
+func (w *writer) nid(n *inode) uint64 { return uint64((n.off - w.memBase) / slotSize) }
+
+// fill writes the metadata into memory and every file's data that is not
+// cloned: into memory or, for large files, into the image file in place.
 func (w *writer) fill(ctx context.Context) error {
-	var sb superBlock
-	sb.rootNid = uint16(w.inodes[0].nid())
-	sb.inodes = uint64(len(w.inodes))
 	now := time.Now()
-	sb.buildTime, sb.buildNsec = now.Unix(), uint32(now.Nanosecond())
-	sb.blocks = uint32(w.size / blockSize)
-	rand.Read(sb.uuid[:])
-	sb.encode(w.mem[superOffset:])
+	w.super = superBlock{rootNid: uint16(w.nid(w.inodes[0])), metaBlkaddr: uint32(w.memBase / blockSize),
+		inodes: uint64(len(w.inodes)), buildTime: now.Unix(), buildNsec: uint32(now.Nanosecond()),
+		blocks: uint32(w.size / blockSize)}
+	rand.Read(w.super.uuid[:])
 	for _, n := range w.inodes {
-		n.hdr.encode(w.mem[n.off:])
+		n.hdr.encode(w.mem[n.off-w.memBase:])
 		switch n.e.Mode & modeType {
 		case modeDir:
 			for i, k := range n.kids {
-				n.children[i].nid = k.nid()
+				n.children[i].nid = w.nid(k)
 			}
 			buf := make([]byte, n.hdr.size)
 			encodeDir(buf, n.children, n.starts)
@@ -382,7 +467,6 @@ func (w *writer) fill(ctx context.Context) error {
 			w.putData(n, []byte(n.target))
 		}
 	}
-	w.probeReflink()
 	return w.copyFiles(ctx)
 }
 
@@ -391,41 +475,58 @@ func (w *writer) fill(ctx context.Context) error {
 func (w *writer) putData(n *inode, data []byte) {
 	whole := int64(len(data)) - int64(n.inline)
 	if whole > 0 {
-		copy(w.mem[int64(n.hdr.blkaddr)*blockSize:], data[:whole])
+		copy(w.mem[int64(n.hdr.blkaddr)*blockSize-w.memBase:], data[:whole])
 	}
-	copy(w.mem[n.off+inodeSize:], data[whole:])
+	copy(w.mem[n.off+inodeSize-w.memBase:], data[whole:])
 }
 
-// probeReflink learns whether clones into the image work with one clone
-// of a file's first block over the start of the image (which the
-// metadata overwrites at the end), so that a filesystem without reflink
-// is found out once.
-func (w *writer) probeReflink() {
+// startClones runs the clone jobs in one goroutine, since clones into one
+// file do not run in parallel (the kernel locks the image for each), and
+// returns a wait for its end. A failure cancels the rest of the Write.
+func (w *writer) startClones(ctx context.Context, cancel func()) (wait func() error) {
 	if !w.opts.Reflink {
 		w.reflink.Store(-1)
-		return
 	}
-	for _, n := range w.clones {
-		if n.hdr.size < blockSize {
-			continue
-		}
-		fd, err := w.open(unix.AT_FDCWD, n, w.path(n))
+	done := make(chan error, 1)
+	go func() {
+		var buf []byte
+		err := w.runClones(ctx, &buf)
 		if err != nil {
-			return // the copy will report it
+			cancel()
 		}
-		err = unix.IoctlFileCloneRange(w.out, &unix.FileCloneRange{Src_fd: int64(fd), Src_length: blockSize})
+		done <- err
+	}()
+	return func() error { return <-done }
+}
+
+// runClones takes clone jobs until none is left. Where the filesystem
+// cannot clone, the readers of copyFiles take them too.
+func (w *writer) runClones(ctx context.Context, buf *[]byte) error {
+	for {
+		i := int(w.nextClone.Add(1) - 1)
+		if i >= len(w.clones) {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		j := w.clones[i]
+		fd, err := w.open(unix.AT_FDCWD, j.e, w.path(j.e))
+		if err != nil {
+			return err
+		}
+		j.tail = make([]byte, j.inline)
+		err = w.copyFile(j.e, fd, fileDst{dst: int64(j.blk) * blockSize, clone: true, tail: j.tail}, buf)
 		unix.Close(fd)
-		if err != nil && cloneUnsupported(err) {
-			w.reflink.Store(-1)
+		if err != nil {
+			return err
 		}
-		return
 	}
 }
 
-// copyFiles reads every regular file into the image. Clones into one file
-// do not run in parallel (the kernel locks the image for each), so one
-// goroutine makes them while the others read the small files, several at
-// once: their cost is opens and reads, which overlap well.
+// copyFiles reads every regular file that is not cloned into the image,
+// several at once: their cost is opens and reads, which overlap well.
+// Where cloning is unavailable, they then help copy the clone jobs.
 func (w *writer) copyFiles(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -433,39 +534,9 @@ func (w *writer) copyFiles(ctx context.Context) error {
 		wg    sync.WaitGroup
 		once  sync.Once
 		first error
+		next  atomic.Int64
 	)
 	fail := func(err error) { once.Do(func() { first = err; cancel() }) }
-	tasks := make([]func(buf *[]byte) error, 0, len(w.groups)+len(w.clones))
-	for _, g := range w.groups {
-		tasks = append(tasks, func(buf *[]byte) error { return w.copyGroup(ctx, g, buf) })
-	}
-	cloneAll := func(buf *[]byte) error {
-		for _, n := range w.clones {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if err := w.copyPath(n, buf); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if w.reflink.Load() >= 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var buf []byte
-			if err := cloneAll(&buf); err != nil {
-				fail(err)
-			}
-		}()
-	} else {
-		// Nothing to clone: the large files are copies like the rest.
-		for _, n := range w.clones {
-			tasks = append(tasks, func(buf *[]byte) error { return w.copyPath(n, buf) })
-		}
-	}
-	var next atomic.Int64
 	for range min(2*runtime.NumCPU(), 16) {
 		wg.Add(1)
 		go func() {
@@ -473,12 +544,20 @@ func (w *writer) copyFiles(ctx context.Context) error {
 			var buf []byte
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(tasks) || ctx.Err() != nil {
+				if ctx.Err() != nil {
 					return
 				}
-				if err := tasks[i](&buf); err != nil {
+				if i >= len(w.groups) {
+					break
+				}
+				if err := w.copyGroup(ctx, w.groups[i], &buf); err != nil {
 					fail(err)
 					return
+				}
+			}
+			if w.reflink.Load() < 0 {
+				if err := w.runClones(ctx, &buf); err != nil {
+					fail(err)
 				}
 			}
 		}()
@@ -490,7 +569,7 @@ func (w *writer) copyFiles(ctx context.Context) error {
 	return ctx.Err()
 }
 
-func (w *writer) path(n *inode) string { return w.root + "/" + n.e.Path }
+func (w *writer) path(e *Entry) string { return w.root + "/" + e.Path }
 
 // copyGroup copies the files of one directory, each opened relative to it.
 func (w *writer) copyGroup(ctx context.Context, g *fileGroup, buf *[]byte) error {
@@ -507,11 +586,17 @@ func (w *writer) copyGroup(ctx context.Context, g *fileGroup, buf *[]byte) error
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		fd, err := w.open(dfd, n, n.e.Path[len(g.dir):])
+		fd, err := w.open(dfd, n.e, n.e.Path[len(g.dir):])
 		if err != nil {
 			return err
 		}
-		err = w.copyFile(n, fd, buf)
+		f := fileDst{tail: w.mem[n.off+inodeSize-w.memBase:][:n.inline]}
+		if dst := int64(n.hdr.blkaddr) * blockSize; n.how == dataMem {
+			f.mem = w.mem[dst-w.memBase:][:n.hdr.size-int64(n.inline)]
+		} else {
+			f.dst = dst
+		}
+		err = w.copyFile(n.e, fd, f, buf)
 		unix.Close(fd)
 		if err != nil {
 			return err
@@ -520,19 +605,9 @@ func (w *writer) copyGroup(ctx context.Context, g *fileGroup, buf *[]byte) error
 	return nil
 }
 
-// copyPath copies one file opened by its whole path.
-func (w *writer) copyPath(n *inode, buf *[]byte) error {
-	fd, err := w.open(unix.AT_FDCWD, n, w.path(n))
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return w.copyFile(n, fd, buf)
-}
-
-// open opens n's source, named name relative to dir, for reading without
+// open opens e's source, named name relative to dir, for reading without
 // moving its access time where allowed.
-func (w *writer) open(dir int, n *inode, name string) (int, error) {
+func (w *writer) open(dir int, e *Entry, name string) (int, error) {
 	if name != "" && name[0] == '/' && dir != unix.AT_FDCWD {
 		name = name[1:]
 	}
@@ -542,29 +617,35 @@ func (w *writer) open(dir int, n *inode, name string) (int, error) {
 		fd, err = unix.Openat(dir, name, flags, 0)
 	}
 	if err != nil {
-		return -1, fmt.Errorf("open %s: %w", w.path(n), err)
+		return -1, fmt.Errorf("open %s: %w", w.path(e), err)
 	}
 	return fd, nil
 }
 
+// fileDst is where a regular file's data goes.
+type fileDst struct {
+	mem   []byte // its whole blocks, held in memory; or, when nil,
+	dst   int64  // their offset in the image file
+	clone bool   // shared with the source where the filesystem can
+	tail  []byte // the tail kept inline after the inode
+}
+
 // copyFile puts one regular file's data into the image. A file that
 // shrank since it was listed reads as zeros past its new end.
-func (w *writer) copyFile(n *inode, fd int, buf *[]byte) error {
-	p := w.path(n)
-	whole := n.hdr.size - int64(n.inline)
-	dst := int64(n.hdr.blkaddr) * blockSize
-	switch n.how {
-	case dataMem:
-		if err := readFull(fd, w.mem[dst:dst+whole], 0); err != nil {
+func (w *writer) copyFile(e *Entry, fd int, f fileDst, buf *[]byte) error {
+	p := w.path(e)
+	whole := e.Size - int64(len(f.tail))
+	if f.mem != nil {
+		if err := readFull(fd, f.mem, 0); err != nil {
 			return fmt.Errorf("read %s: %w", p, err)
 		}
 		w.copied.Add(whole)
-	case dataClone, dataStream:
+	} else if whole > 0 {
 		cloned := false
-		length := n.hdr.size &^ (blockSize - 1)
-		if n.how == dataClone && length > 0 && w.reflink.Load() >= 0 {
+		length := e.Size &^ (blockSize - 1)
+		if f.clone && length > 0 && w.reflink.Load() >= 0 {
 			err := unix.IoctlFileCloneRange(w.out, &unix.FileCloneRange{Src_fd: int64(fd),
-				Src_length: uint64(length), Dest_offset: uint64(dst)})
+				Src_length: uint64(length), Dest_offset: uint64(f.dst)})
 			switch {
 			case err == nil:
 				cloned = true
@@ -572,7 +653,7 @@ func (w *writer) copyFile(n *inode, fd int, buf *[]byte) error {
 				w.cloned.Add(1)
 				// A tail that is not inline is its own partial block.
 				if whole > length {
-					if err := w.stream(fd, buf, length, dst+length, whole-length); err != nil {
+					if err := w.stream(fd, buf, length, f.dst+length, whole-length); err != nil {
 						return fmt.Errorf("copy %s: %w", p, err)
 					}
 				}
@@ -584,16 +665,16 @@ func (w *writer) copyFile(n *inode, fd int, buf *[]byte) error {
 			}
 		}
 		if !cloned {
-			if err := w.stream(fd, buf, 0, dst, whole); err != nil {
+			if err := w.stream(fd, buf, 0, f.dst, whole); err != nil {
 				return fmt.Errorf("copy %s: %w", p, err)
 			}
 		}
 	}
-	if n.inline > 0 {
-		if err := readFull(fd, w.mem[n.off+inodeSize:n.off+inodeSize+int64(n.inline)], whole); err != nil {
+	if len(f.tail) > 0 {
+		if err := readFull(fd, f.tail, whole); err != nil {
 			return fmt.Errorf("read %s: %w", p, err)
 		}
-		w.copied.Add(int64(n.inline))
+		w.copied.Add(int64(len(f.tail)))
 	}
 	return nil
 }
