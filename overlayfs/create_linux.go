@@ -433,8 +433,8 @@ func (m *Manager) buildBase(ctx context.Context, b *baseMeta, w *walkResult, man
 	// relies on it after a crash (ext4 would otherwise leave empty files).
 	// That flush is left to after the Create (syncLater); until then the
 	// metadata names this boot. Nothing is flushed now, not even that
-	// mark (on XFS its fsync alone forces out the log of the whole image,
-	// a tenth of a first env): a crash can only leave it as written,
+	// mark (its fsync would force out the log of every clone on the
+	// Create's path, for nothing): a crash can only leave it as written,
 	// empty or missing, and all three say the base may be torn (stackOf,
 	// registerExisting, baseID). Without a boot id to name, the base is
 	// flushed here, as a whole.
