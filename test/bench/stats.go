@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -40,3 +43,42 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// settleCPU waits until the machine is idle: a window of cpuQuiet in which
+// the CPUs were idle at least 90% of the time (/proc/stat). Work the
+// kernel defers, such as tearing down hundreds of namespaces after a
+// destroy, would otherwise run inside the next phase's clock. Bounded
+// like wsSettle; the log says how long it took.
+func settleCPU(ctx context.Context, env *Env) {
+	const cpuQuiet, cpuSettleMax = 250 * time.Millisecond, 60 * time.Second
+	start := time.Now()
+	for time.Since(start) < cpuSettleMax && ctx.Err() == nil {
+		idle0, total0 := cpuTimes()
+		time.Sleep(cpuQuiet)
+		idle1, total1 := cpuTimes()
+		if total1 > total0 && float64(idle1-idle0) >= 0.9*float64(total1-total0) {
+			if d := time.Since(start); d > 2*cpuQuiet {
+				env.Logf("settle: CPUs idle after %v", d.Round(time.Millisecond))
+			}
+			return
+		}
+	}
+	env.Logf("settle: CPUs still busy after %v", time.Since(start).Round(time.Millisecond))
+}
+
+// cpuTimes is the idle (idle + iowait) and total jiffies of all CPUs.
+func cpuTimes() (idle, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseUint(f, 10, 64)
+		total += v
+		if i == 3 || i == 4 {
+			idle += v
+		}
+	}
+	return idle, total
+}
