@@ -64,6 +64,19 @@ func TestCreateBadInput(t *testing.T) {
 			wantMsg: "nope",
 		},
 		{
+			// Its path goes into JSON metadata, which holds only UTF-8.
+			name: "source_path_not_utf8",
+			setup: func(t *testing.T) (*Manager, string, CreateOptions) {
+				src := filepath.Join(t.TempDir(), "caf\xe9")
+				if err := os.Mkdir(src, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				return newTestManager(t), src, CreateOptions{}
+			},
+			wantErr: ErrSourcePath,
+			wantMsg: "UTF-8",
+		},
+		{
 			name: "disk_full",
 			setup: func(t *testing.T) (*Manager, string, CreateOptions) {
 				dir := t.TempDir()

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -116,6 +117,9 @@ func (m *Manager) create(ctx context.Context, id, source string, o CreateOptions
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("source %s: %w", source, err)
+	}
+	if !utf8.ValidString(src) {
+		return nil, 0, fmt.Errorf("source %q: %w", src, ErrSourcePath)
 	}
 	if fi, err := os.Stat(src); err != nil {
 		return nil, 0, fmt.Errorf("source %s: %w", src, err)

@@ -59,6 +59,10 @@ var (
 	// ErrUnsupported is returned (wrapped) where workspaces cannot be made:
 	// they need Linux (overlay mounts, reflinks, copy_file_range).
 	ErrUnsupported = errors.New("workspaces are not supported on this system")
+	// ErrSourcePath is returned (wrapped) by Create for a source whose
+	// path is not UTF-8: it is kept in JSON metadata, which would change
+	// it. Names inside the source may be any bytes.
+	ErrSourcePath = errors.New("source path is not valid UTF-8: rename the directory or run from a path that is")
 )
 
 // Opt configures a [Manager].
