@@ -121,13 +121,13 @@ func (s *Store) Insert(ctx context.Context, key string, build func(used func(int
 	if err := s.absent(p, key); err != nil {
 		return nil, err
 	}
+	used, err := s.claims()
+	if err != nil {
+		return nil, err
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("insert env %s: %w", key, err)
-		}
-		used, err := s.claims()
-		if err != nil {
-			return nil, err
 		}
 		e, err := build(func(i int) bool { return used[i] })
 		if err != nil {
@@ -138,7 +138,11 @@ func (s *Store) Insert(ctx context.Context, key string, build func(used func(int
 		}
 		err = s.put(p, e)
 		if errors.Is(err, errClaimed) {
-			continue // another create took the index meanwhile
+			// Another create took the index meanwhile. Parallel creates
+			// all choose the same lowest index, so each loses many times:
+			// a loss costs the failed claim, not a new read of them all.
+			used[e.Index] = true
+			continue
 		}
 		if errors.Is(err, fs.ErrExist) {
 			return nil, s.absent(p, key)
@@ -297,7 +301,6 @@ func (s *Store) remove(ctx context.Context, p string) (*Env, error) {
 // claims returns the pool indexes claimed, from the names in the claims
 // directory alone: one readdir, however many envs there are. A claim left
 // without a record by a crash keeps its index until PruneClaims.
-// The caller holds the lock.
 func (s *Store) claims() (map[int]bool, error) {
 	ents, err := os.ReadDir(filepath.Join(s.dir, claimsDir))
 	if err != nil {

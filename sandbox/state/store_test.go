@@ -410,3 +410,35 @@ func TestInsertSameEnvOnce(t *testing.T) {
 		t.Fatalf("%d index claims, want 1", len(claims))
 	}
 }
+
+// TestInsertLostClaim: when another create claims the chosen index between
+// the read of the claims and the claim, Insert chooses again with that
+// index marked used, and the other create keeps it.
+func TestInsertLostClaim(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls []bool // used(0) as each build saw it
+	e, err := s.Insert(context.Background(), Key("p", "late"), func(used func(int) bool) (*Env, error) {
+		calls = append(calls, used(0))
+		if len(calls) == 1 {
+			// The other create claims index 0 first.
+			if err := insertLowest(s, "early"); err != nil {
+				return nil, err
+			}
+		}
+		i := 0
+		for used(i) {
+			i++
+		}
+		return &Env{Project: "p", Name: "late", Index: i}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Index != 1 || len(calls) != 2 || calls[0] || !calls[1] {
+		t.Fatalf("index %d after builds that saw index 0 used: %v; want index 1 on the second build", e.Index, calls)
+	}
+	checkDistinct(t, s, 2)
+}
