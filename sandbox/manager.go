@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -195,7 +196,18 @@ func (m *Manager) Create(ctx context.Context, p *config.Project, name string) (*
 	if err := checkPrivilege(); err != nil {
 		return nil, err
 	}
-	env, err := m.reserve(ctx, p, name)
+	// The host's routes are read before the claim: envs created meanwhile
+	// are skipped by index.
+	taken, err := m.net.HostPrefixes()
+	if err != nil {
+		return nil, err
+	}
+	return m.create(ctx, p, name, taken)
+}
+
+// create is Create with the host's prefixes already read.
+func (m *Manager) create(ctx context.Context, p *config.Project, name string, taken []netip.Prefix) (*state.Env, error) {
+	env, err := m.reserve(ctx, p, name, taken)
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +225,8 @@ func (m *Manager) Create(ctx context.Context, p *config.Project, name string) (*
 // CreateAll creates the named envs of p side by side and calls done, one
 // call at a time, as each is made or fails. Names are checked first: a bad
 // or repeated name creates nothing. One process making many envs pays its
-// start and the host set-up once, and their kernel work overlaps.
+// start, the host set-up and the read of the host's routes once, and their
+// kernel work overlaps.
 func (m *Manager) CreateAll(ctx context.Context, p *config.Project, names []string, done func(name string, env *state.Env, err error)) error {
 	seen := map[string]bool{}
 	for _, n := range names {
@@ -225,13 +238,20 @@ func (m *Manager) CreateAll(ctx context.Context, p *config.Project, names []stri
 		}
 		seen[n] = true
 	}
+	if err := checkPrivilege(); err != nil {
+		return err
+	}
+	taken, err := m.net.HostPrefixes()
+	if err != nil {
+		return err
+	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, n := range names {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			env, err := m.Create(ctx, p, n)
+			env, err := m.create(ctx, p, n, taken)
 			mu.Lock()
 			defer mu.Unlock()
 			done(n, env, err)
@@ -266,13 +286,7 @@ func (m *Manager) ensureDNS(ctx context.Context, env *state.Env) {
 
 // reserve records the env with status creating and its pool index; the
 // store's index claims make parallel creates never take the same subnet.
-func (m *Manager) reserve(ctx context.Context, p *config.Project, name string) (*state.Env, error) {
-	// The host's routes are read once, before the claim: envs created
-	// meanwhile are skipped by index.
-	taken, err := m.net.HostPrefixes()
-	if err != nil {
-		return nil, err
-	}
+func (m *Manager) reserve(ctx context.Context, p *config.Project, name string, taken []netip.Prefix) (*state.Env, error) {
 	return m.store.Insert(ctx, state.Key(p.Name, name), func(used func(int) bool) (*state.Env, error) {
 		i, err := m.net.Pool().Allocate(used, taken)
 		if err != nil {
