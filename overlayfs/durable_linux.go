@@ -210,6 +210,37 @@ func runSyncer(ctx context.Context, h watchHandoff, logf func(string, ...any)) e
 	return errors.Join(errs...)
 }
 
+// Unflushed lists the bases written in this boot that are still not known
+// to be on disk more than grace after they were made: their flush was
+// asked for after the Create and should be long done, so the process
+// that was to do it died or was never started. Until they are flushed, a
+// crash makes every env on them unusable (see ErrTornBase); Flush mends
+// that.
+func (m *Manager) Unflushed(ctx context.Context, grace time.Duration) ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(m.root, dirBases))
+	if err != nil {
+		return nil, fmt.Errorf("list bases: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		b, err := m.readBase(e.Name())
+		if err != nil || b.PendingBoot == "" || m.torn(b) || time.Since(b.Created) < grace {
+			continue // unreadable or torn metadata is stackOf's to report
+		}
+		out = append(out, b.ID)
+	}
+	return out, nil
+}
+
+// Flush flushes base id (and the layers below it) now and marks it
+// durable: what its lost flush would have done.
+func (m *Manager) Flush(ctx context.Context, id string) error {
+	if validID(id) != nil { // base ids are made of the same characters
+		return fmt.Errorf("flush base %q: not a base id", id)
+	}
+	return m.markDurable(ctx, id)
+}
+
 // WaitDurable waits until the base of workspace id (and every layer below
 // it) is known to be on disk, which happens shortly after Create returns.
 // Benchmarks use it to keep one run's flush out of the next run's time.

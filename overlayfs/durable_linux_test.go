@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -400,5 +401,54 @@ func TestBaseDurableAfterGC(t *testing.T) {
 		if len(left) > 0 {
 			t.Errorf("%s/ holds %v after the last env went", d, left)
 		}
+	}
+}
+
+// TestUnflushedBase: a base whose flush was lost (the process meant to do
+// it exits without flushing) is listed once its grace has passed, until
+// Flush makes it durable; a base torn by an earlier boot is not listed
+// (nothing can flush it now).
+func TestUnflushedBase(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	// Every watcher or syncer started is `true`: the flush is lost.
+	m := newTestManager(t, WithWatcher(func() *exec.Cmd { return exec.Command("true") }))
+	src := gitSource(t)
+	if _, err := m.Create(ctx, "a", src, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := m.readWS("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := func(grace time.Duration) []string {
+		t.Helper()
+		ids, err := m.Unflushed(ctx, grace)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	if ids := list(time.Hour); len(ids) != 0 {
+		t.Fatalf("within its grace: %v listed", ids)
+	}
+	if ids := list(0); !slices.Equal(ids, []string{w.Base}) {
+		t.Fatalf("unflushed %v, want [%s]", ids, w.Base)
+	}
+	boot := m.bootID
+	m.bootID = func() (string, error) { return "next-boot", nil }
+	if ids := list(0); len(ids) != 0 {
+		t.Fatalf("after a reboot: %v listed, want none (torn)", ids)
+	}
+	m.bootID = boot
+	if err := m.Flush(ctx, w.Base); err != nil {
+		t.Fatal(err)
+	}
+	if ids := list(0); len(ids) != 0 {
+		t.Fatalf("after Flush: %v still listed", ids)
+	}
+	waitDurable(t, m, "a")
+	if err := m.Flush(ctx, "../a"); err == nil {
+		t.Fatal("Flush of ../a succeeded")
 	}
 }

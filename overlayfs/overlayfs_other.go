@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 )
 
 // Create is not supported outside Linux; see [ErrUnsupported].
@@ -56,3 +57,13 @@ func mountImage(image, dir string) error {
 
 // readBootID is never reached outside Linux, like mountImage.
 func readBootID() (string, error) { return "", ErrUnsupported }
+
+// Unflushed is not supported outside Linux; see [ErrUnsupported].
+func (m *Manager) Unflushed(ctx context.Context, grace time.Duration) ([]string, error) {
+	return nil, fmt.Errorf("list unflushed bases: %w", ErrUnsupported)
+}
+
+// Flush is not supported outside Linux; see [ErrUnsupported].
+func (m *Manager) Flush(ctx context.Context, id string) error {
+	return fmt.Errorf("flush base %s: %w", id, ErrUnsupported)
+}

@@ -2,10 +2,12 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cilo-dev/cilo/nsnet"
 	"github.com/cilo-dev/cilo/nsnet/nsfs"
@@ -63,6 +65,9 @@ func (m *Manager) Doctor(ctx context.Context, fix bool) ([]Finding, error) {
 	for _, e := range envs {
 		add(m.checkEnv(ctx, e, fix))
 	}
+	if len(st.Envs) > 0 && m.ws != nil {
+		add(m.checkBases(ctx, fix))
+	}
 	add(m.checkClaims(ctx, fix))
 	orphans, err := m.orphans(envs)
 	if err != nil {
@@ -94,6 +99,40 @@ func (m *Manager) checkDNS(ctx context.Context, fix bool) Finding {
 	f.Detail = fmt.Sprintf("%v: env names do not resolve (cilo doctor --fix or cilo create starts it)", err)
 	if fix {
 		f.Fixed = m.dns.EnsureRunning(ctx) == nil
+	}
+	return f
+}
+
+// unflushedGrace is how long after its Create a workspace base may still
+// be waiting for its flush: seconds for the largest trees; past it, the
+// flush was lost.
+const unflushedGrace = time.Minute
+
+// checkBases finds workspace bases whose flush after the create was lost
+// (the watcher or syncer meant to do it died): until they are flushed, a
+// crash would leave their envs unusable. The fix flushes them.
+func (m *Manager) checkBases(ctx context.Context, fix bool) Finding {
+	f := Finding{Check: "workspace bases"}
+	ids, err := m.ws.Unflushed(ctx, unflushedGrace)
+	switch {
+	case err != nil:
+		f.Detail = err.Error()
+		return f
+	case len(ids) == 0:
+		f.OK, f.Detail = true, "on disk"
+		return f
+	}
+	f.Detail = fmt.Sprintf("%v not flushed to disk since their create (the flush was lost): a crash now would leave their envs unusable (cilo doctor --fix flushes them)", ids)
+	if fix {
+		var errs []error
+		for _, id := range ids {
+			errs = append(errs, m.ws.Flush(ctx, id))
+		}
+		if err := errors.Join(errs...); err != nil {
+			f.Detail += ": " + err.Error()
+		} else {
+			f.Fixed = true
+		}
 	}
 	return f
 }

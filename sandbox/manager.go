@@ -44,6 +44,10 @@ type Workspaces interface {
 	Diff(ctx context.Context, id string) ([]overlayfs.Change, error)
 	Patch(ctx context.Context, id string, w io.Writer) error
 	Merge(ctx context.Context, id, branch string) error
+	// Unflushed and Flush let doctor find and mend a base whose deferred
+	// flush was lost.
+	Unflushed(ctx context.Context, grace time.Duration) ([]string, error)
+	Flush(ctx context.Context, base string) error
 }
 
 // Services runs an env's compose services; compose.Engine is the

@@ -97,3 +97,63 @@ func TestDoctorFindsDNSServerDown(t *testing.T) {
 		t.Fatalf("doctor after --fix:\n%s", out)
 	}
 }
+
+// TestDoctorFindsLostFlush plays a base whose flush after its create was
+// lost (the syncer died): doctor reports it, and --fix flushes it.
+func TestDoctorFindsLostFlush(t *testing.T) {
+	w := newWorld(t, 24)
+	w.mustCilo("create", "a")
+	bases, err := filepath.Glob(filepath.Join(w.root, "state", "workspaces", "b", "*", "meta.json"))
+	if err != nil || len(bases) != 1 {
+		t.Fatalf("bases: %v %v, want one", bases, err)
+	}
+	meta := bases[0]
+	// Wait for the real flush, then undo its mark as a lost one would
+	// have left it, written two minutes ago.
+	var b map[string]any
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		data, err := os.ReadFile(meta)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = nil
+		if err := json.Unmarshal(data, &b); err != nil {
+			t.Fatal(err)
+		}
+		if b["pendingBoot"] == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("base never flushed")
+		}
+	}
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b["pendingBoot"] = strings.TrimSpace(string(boot))
+	b["created"] = time.Now().Add(-2 * time.Minute).UTC().Format(time.RFC3339Nano)
+	data, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(meta, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, err := w.cilo(context.Background(), "", "doctor")
+	if exitCode(err) != 1 || !strings.Contains(out, "workspace bases") || !strings.Contains(out, "flush was lost") {
+		t.Fatalf("doctor with a lost flush: exit %d\n%s", exitCode(err), out)
+	}
+	w.mustCilo("doctor", "--fix")
+	if out := w.mustCilo("doctor"); !strings.Contains(out, "workspace bases: on disk") {
+		t.Fatalf("doctor after --fix:\n%s", out)
+	}
+	data, err = os.ReadFile(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "pendingBoot") {
+		t.Fatalf("base still marked unflushed after doctor --fix:\n%s", data)
+	}
+}
