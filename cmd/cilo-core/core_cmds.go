@@ -434,7 +434,7 @@ func newDoctorCmd(a *app) *cobra.Command {
 	var fix, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
-		Short: "Check the host and cilo's objects; --fix finishes interrupted work, removes orphans and flushes lost flushes",
+		Short: "Check the host and cilo's objects; --fix finishes interrupted work, removes orphans and redoes lost base flushes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := a.manager()
