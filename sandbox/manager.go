@@ -200,16 +200,25 @@ func (m *Manager) Create(ctx context.Context, p *config.Project, name string) (*
 	if err := checkPrivilege(); err != nil {
 		return nil, err
 	}
-	// The host's routes are read before the claim: envs created meanwhile
-	// are skipped by index.
-	taken, err := m.net.HostPrefixes()
+	taken, err := m.prepareHost(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return m.create(ctx, p, name, taken)
 }
 
-// create is Create with the host's prefixes already read.
+// prepareHost makes the host-wide pieces every env relies on and reads
+// the host's routes and addresses in the pool, which a new env's subnet
+// must not overlap. They are read before the claim: envs created
+// meanwhile are skipped by index, so one read serves a whole batch.
+func (m *Manager) prepareHost(ctx context.Context) ([]netip.Prefix, error) {
+	if err := m.net.EnsureHost(ctx); err != nil {
+		return nil, err
+	}
+	return m.net.HostPrefixes()
+}
+
+// create is Create once the host is prepared.
 func (m *Manager) create(ctx context.Context, p *config.Project, name string, taken []netip.Prefix) (*state.Env, error) {
 	env, err := m.reserve(ctx, p, name, taken)
 	if err != nil {
@@ -229,8 +238,7 @@ func (m *Manager) create(ctx context.Context, p *config.Project, name string, ta
 // CreateAll creates the named envs of p side by side and calls done, one
 // call at a time, as each is made or fails. Names are checked first: a bad
 // or repeated name creates nothing. One process making many envs pays its
-// start, the host set-up and the read of the host's routes once, and their
-// kernel work overlaps.
+// start and the host's preparation once, and their kernel work overlaps.
 func (m *Manager) CreateAll(ctx context.Context, p *config.Project, names []string, done func(name string, env *state.Env, err error)) error {
 	seen := map[string]bool{}
 	for _, n := range names {
@@ -245,7 +253,7 @@ func (m *Manager) CreateAll(ctx context.Context, p *config.Project, names []stri
 	if err := checkPrivilege(); err != nil {
 		return err
 	}
-	taken, err := m.net.HostPrefixes()
+	taken, err := m.prepareHost(ctx)
 	if err != nil {
 		return err
 	}
@@ -319,9 +327,6 @@ func (m *Manager) reserve(ctx context.Context, p *config.Project, name string, t
 }
 
 func (m *Manager) build(ctx context.Context, p *config.Project, env *state.Env) error {
-	if err := m.net.EnsureHost(ctx); err != nil {
-		return err
-	}
 	if err := m.net.Create(ctx, m.link(env), m.label(env)); err != nil {
 		return err
 	}
