@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cilo-dev/cilo/nsnet"
+	"github.com/cilo-dev/cilo/nsnet/nsfs"
 )
 
 // coreGroup measures the env core: the cost of running a command in an
@@ -114,6 +115,7 @@ func freeUDPPort() (int, error) {
 }
 
 func runCore(ctx context.Context, env *Env) ([]Row, error) {
+	logHostNetwork(env)
 	w, err := newBenchWorld(env, "bco", "10.238.0.0/16")
 	if err != nil {
 		return nil, err
@@ -145,6 +147,20 @@ func runCore(ctx context.Context, env *Env) ([]Row, error) {
 		return nil, err
 	}
 	return append(rows, batched...), nil
+}
+
+// logHostNetwork says what networking the host already holds: every
+// interface and namespace, other worlds' envs included, makes the
+// kernel's per-create work (and the route dumps) larger, so figures from
+// a crowded host are not comparable with a clean one's.
+func logHostNetwork(env *Env) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		env.Logf("host: %v", err)
+		return
+	}
+	nses, _ := os.ReadDir(nsfs.Dir)
+	env.Logf("host before the run: %d interfaces, %d pinned network namespaces", len(ifs), len(nses))
 }
 
 // benchRunTrue alternates `cilo run true <env>` and `ip netns exec <ns>
