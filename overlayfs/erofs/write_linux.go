@@ -516,7 +516,7 @@ func (w *writer) runClones(ctx context.Context, buf *[]byte) error {
 			return err
 		}
 		j.tail = make([]byte, j.inline)
-		err = w.copyFile(j.e, fd, fileDst{dst: int64(j.blk) * blockSize, clone: true, tail: j.tail}, buf)
+		err = w.copyFile(ctx, j.e, fd, fileDst{dst: int64(j.blk) * blockSize, clone: true, tail: j.tail}, buf)
 		unix.Close(fd)
 		if err != nil {
 			return err
@@ -596,7 +596,7 @@ func (w *writer) copyGroup(ctx context.Context, g *fileGroup, buf *[]byte) error
 		} else {
 			f.dst = dst
 		}
-		err = w.copyFile(n.e, fd, f, buf)
+		err = w.copyFile(ctx, n.e, fd, f, buf)
 		unix.Close(fd)
 		if err != nil {
 			return err
@@ -632,7 +632,7 @@ type fileDst struct {
 
 // copyFile puts one regular file's data into the image. A file that
 // shrank since it was listed reads as zeros past its new end.
-func (w *writer) copyFile(e *Entry, fd int, f fileDst, buf *[]byte) error {
+func (w *writer) copyFile(ctx context.Context, e *Entry, fd int, f fileDst, buf *[]byte) error {
 	p := w.path(e)
 	whole := e.Size - int64(len(f.tail))
 	if f.mem != nil {
@@ -653,7 +653,7 @@ func (w *writer) copyFile(e *Entry, fd int, f fileDst, buf *[]byte) error {
 				w.cloned.Add(1)
 				// A tail that is not inline is its own partial block.
 				if whole > length {
-					if err := w.stream(fd, buf, length, f.dst+length, whole-length); err != nil {
+					if err := w.stream(ctx, fd, buf, length, f.dst+length, whole-length); err != nil {
 						return fmt.Errorf("copy %s: %w", p, err)
 					}
 				}
@@ -665,7 +665,7 @@ func (w *writer) copyFile(e *Entry, fd int, f fileDst, buf *[]byte) error {
 			}
 		}
 		if !cloned {
-			if err := w.stream(fd, buf, 0, f.dst, whole); err != nil {
+			if err := w.stream(ctx, fd, buf, 0, f.dst, whole); err != nil {
 				return fmt.Errorf("copy %s: %w", p, err)
 			}
 		}
@@ -679,12 +679,16 @@ func (w *writer) copyFile(e *Entry, fd int, f fileDst, buf *[]byte) error {
 	return nil
 }
 
-// stream copies length bytes at off of fd to dst in the image through buf.
-func (w *writer) stream(fd int, buf *[]byte, off, dst, length int64) error {
+// stream copies length bytes at off of fd to dst in the image through buf,
+// a chunk at a time, so that a cancelled Write stops within a large file.
+func (w *writer) stream(ctx context.Context, fd int, buf *[]byte, off, dst, length int64) error {
 	if *buf == nil {
 		*buf = make([]byte, 1<<20)
 	}
 	for length > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		chunk := (*buf)[:min(int64(len(*buf)), length)]
 		clear(chunk)
 		if err := readFull(fd, chunk, off); err != nil {

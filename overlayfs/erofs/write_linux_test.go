@@ -44,6 +44,11 @@ func TestWriteFails(t *testing.T) {
 		{"name_twice", func(t *testing.T, src string) (context.Context, string, []Entry) {
 			return context.Background(), "", []Entry{entryOf(t, src, ""), entryOf(t, src, "a.txt"), entryOf(t, src, "a.txt")}
 		}, ErrFormat, "a.txt"},
+		{"name_twice_while_cloning", func(t *testing.T, src string) (context.Context, string, []Entry) {
+			// The clones start before the layout is planned: the
+			// planning's error must stop them and leave nothing.
+			return context.Background(), "", []Entry{entryOf(t, src, ""), entryOf(t, src, "big.bin"), entryOf(t, src, "big.bin")}
+		}, ErrFormat, "big.bin"},
 		{"device", func(t *testing.T, src string) (context.Context, string, []Entry) {
 			e := entryOf(t, src, "a.txt")
 			e.Mode = unix.S_IFCHR | 0o644
