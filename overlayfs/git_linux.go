@@ -154,7 +154,21 @@ func makePrivateGitDir(l *gitLink, dst string, own *owner) error {
 	return nil
 }
 
+// dropConfigKey removes key (section.name) from the git config file. Only
+// a config that mentions the name at all costs a git process: most never
+// do, and a create should not pay for a program start it does not need.
 func dropConfigKey(file, key string) error {
+	data, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", file, err)
+	}
+	name := key[strings.LastIndexByte(key, '.')+1:]
+	if !bytes.Contains(bytes.ToLower(data), []byte(strings.ToLower(name))) {
+		return nil
+	}
 	if _, err := exec.LookPath("git"); err != nil {
 		return nil // nobody can use the repository without git anyway
 	}

@@ -286,3 +286,37 @@ func TestSubmoduleSource(t *testing.T) {
 		t.Error("submodule checkout changed")
 	}
 }
+
+// TestDropConfigKey: core.worktree goes whatever its case, everything else
+// stays, and a config that never names it is left as it is.
+func TestDropConfigKey(t *testing.T) {
+	tests := []struct {
+		name, config, want string
+	}{
+		{"absent", "[core]\n\tbare = false\n", "[core]\n\tbare = false\n"},
+		{"set", "[core]\n\tbare = false\n\tworktree = ../../lib\n", "[core]\n\tbare = false\n"},
+		{"mixed_case", "[Core]\n\tWorkTree = ../../lib\n\tbare = false\n", "[Core]\n\tbare = false\n"},
+		{"other_key_alike", "[extensions]\n\tworktreeConfig = true\n", "[extensions]\n\tworktreeConfig = true\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "config")
+			if err := os.WriteFile(f, []byte(tt.config), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := dropConfigKey(f, "core.worktree"); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tt.want {
+				t.Errorf("config after dropping core.worktree:\n%q\nwant\n%q", got, tt.want)
+			}
+		})
+	}
+	if err := dropConfigKey(filepath.Join(t.TempDir(), "none"), "core.worktree"); err != nil {
+		t.Errorf("missing config: %v", err)
+	}
+}
