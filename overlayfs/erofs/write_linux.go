@@ -8,10 +8,10 @@ import (
 	"os"
 	"runtime"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -141,28 +141,32 @@ func Write(ctx context.Context, path, root string, entries []Entry, o Options) (
 		}
 	}()
 	w.out = fd
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	cloned := w.startClones(ctx, cancel)
-	err = w.plan(entries)
-	if err == nil {
+	if !o.Reflink {
+		w.reflink.Store(-1)
+	}
+	// The clones run in one goroutine, since clones into one file do not
+	// run in parallel (the kernel locks the image for each), beside the
+	// planning and the copying; the first failure of either stops both.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var buf []byte
+		return w.runClones(gctx, &buf)
+	})
+	g.Go(func() error {
+		if err := w.plan(entries); err != nil {
+			return err
+		}
 		// Sized before the rest is written: growing it past data not yet
 		// on disk would make XFS write that data out and wait for it.
-		if err = unix.Ftruncate(fd, w.size); err != nil {
-			err = fmt.Errorf("size %s: %w", path, err)
+		if err := unix.Ftruncate(fd, w.size); err != nil {
+			return fmt.Errorf("size %s: %w", path, err)
 		}
+		return w.fill(gctx)
+	})
+	if err := g.Wait(); err != nil {
+		return Stats{}, err
 	}
-	if err == nil {
-		err = w.fill(ctx)
-	}
-	if err != nil {
-		cancel()
-	}
-	// A clone's own failure cancelled the rest: it is the one to report.
-	if cerr := cloned(); cerr != nil && (err == nil || errors.Is(err, context.Canceled)) {
-		err = cerr
-	}
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		return Stats{}, err
 	}
 	for _, n := range w.inodes {
@@ -480,25 +484,6 @@ func (w *writer) putData(n *inode, data []byte) {
 	copy(w.mem[n.off+inodeSize-w.memBase:], data[whole:])
 }
 
-// startClones runs the clone jobs in one goroutine, since clones into one
-// file do not run in parallel (the kernel locks the image for each), and
-// returns a wait for its end. A failure cancels the rest of the Write.
-func (w *writer) startClones(ctx context.Context, cancel func()) (wait func() error) {
-	if !w.opts.Reflink {
-		w.reflink.Store(-1)
-	}
-	done := make(chan error, 1)
-	go func() {
-		var buf []byte
-		err := w.runClones(ctx, &buf)
-		if err != nil {
-			cancel()
-		}
-		done <- err
-	}()
-	return func() error { return <-done }
-}
-
 // runClones takes clone jobs until none is left. Where the filesystem
 // cannot clone, the readers of copyFiles take them too.
 func (w *writer) runClones(ctx context.Context, buf *[]byte) error {
@@ -528,45 +513,23 @@ func (w *writer) runClones(ctx context.Context, buf *[]byte) error {
 // several at once: their cost is opens and reads, which overlap well.
 // Where cloning is unavailable, they then help copy the clone jobs.
 func (w *writer) copyFiles(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-		next  atomic.Int64
-	)
-	fail := func(err error) { once.Do(func() { first = err; cancel() }) }
+	g, ctx := errgroup.WithContext(ctx)
+	var next atomic.Int64
 	for range min(2*runtime.NumCPU(), 16) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			var buf []byte
-			for {
-				i := int(next.Add(1) - 1)
-				if ctx.Err() != nil {
-					return
-				}
-				if i >= len(w.groups) {
-					break
-				}
+			for i := int(next.Add(1) - 1); i < len(w.groups); i = int(next.Add(1) - 1) {
 				if err := w.copyGroup(ctx, w.groups[i], &buf); err != nil {
-					fail(err)
-					return
+					return err
 				}
 			}
 			if w.reflink.Load() < 0 {
-				if err := w.runClones(ctx, &buf); err != nil {
-					fail(err)
-				}
+				return w.runClones(ctx, &buf)
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
-	if first != nil {
-		return first
-	}
-	return ctx.Err()
+	return g.Wait()
 }
 
 func (w *writer) path(e *Entry) string { return w.root + "/" + e.Path }
